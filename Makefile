@@ -1,0 +1,29 @@
+# Two entry points, each self-contained on a fresh machine with Python 3.11 + pip:
+#   make test     create .venv if missing, install the kit, run the test suite
+#   make report   create .venv if missing, install the kit, run the main job
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PROFILE ?= quick
+
+.PHONY: install test lint report clean
+
+$(BIN)/quantwm: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/quantwm
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check quantwm tests benchmarks
+
+report: install
+	$(BIN)/quantwm report --profile $(PROFILE)
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache
