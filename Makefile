@@ -23,7 +23,7 @@ lint: install
 	$(BIN)/ruff check quantwm tests benchmarks
 
 report: install
-	$(BIN)/quantwm report --profile $(PROFILE)
+	$(BIN)/quantwm notebooks --profile $(PROFILE)
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

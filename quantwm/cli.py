@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("quantwm.data.cli", "make and inspect trajectory datasets"),
     "train": ("quantwm.model.cli", "train the world model of an environment"),
     "eval": ("quantwm.plan.cli", "evaluate the FP32 planner on the shipped checkpoint"),
+    "notebooks": ("quantwm.study.cli", "execute the numbered notebooks and render HTML reports"),
 }
 
 
