@@ -1,0 +1,129 @@
+"""Planner configuration: the reference values of PROTOCOL section 2 and the kit's named profiles.
+
+A profile is a function of the environment (Wall and PushT differ in CEM steps and MPC rounds).
+``planner_config(env, "reference")`` is exactly the reference setup; ``"cpu"`` is the kit's
+default, the smallest change that lets the full study fit on a 2-core CPU; ``"smoke"`` runs in
+seconds for tests. Any field can be overridden: ``planner_config("wall", "cpu", samples=300)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from quantwm.utils import check_env_name
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """CEM inside MPC, in the normalised action space of the world model.
+
+    ``mpc_rounds`` is the largest "iters" index reported: rounds 0..mpc_rounds are planned
+    (``mpc_rounds + 1`` plans), so "50 iters" = success within rounds 0..50 and "0 iters" =
+    after the first round (open-loop CEM). Each round executes all ``horizon`` macro-actions.
+    """
+
+    horizon: int = 5  # macro-actions per plan (each = frameskip env steps)
+    samples: int = 300  # CEM samples per step; sample 0 is the current mean
+    topk: int = 30  # elites that set the next mean / std
+    cem_steps: int = 10  # CEM optimisation steps per round (reference: Wall 10, PushT 30)
+    mpc_rounds: int = 50  # largest iters index (reference: Wall 50, PushT 30)
+    init_mean: float = 0.0  # initial CEM mean in normalised action space
+    init_std: float = 1.0  # initial CEM std in normalised action space
+    proprio_weight: float = 1.0  # objective = visual MSE + proprio_weight * proprio MSE
+    seed: int = 0  # per-episode generators are seeded from (seed, episode id)
+    max_batch: int = 16384  # most sequences in one rollout call (memory bound, not semantics)
+    profile: str = "custom"  # the name of the profile it came from (for records only)
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "samples", "topk", "cem_steps", "max_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"PlannerConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.mpc_rounds, int) or self.mpc_rounds < 0:
+            raise ValueError(
+                f"PlannerConfig.mpc_rounds must be an int >= 0, got {self.mpc_rounds!r}"
+            )
+        if self.topk > self.samples:
+            raise ValueError(
+                f"PlannerConfig.topk ({self.topk}) must not exceed samples ({self.samples})"
+            )
+        if self.topk < 2:
+            raise ValueError(f"PlannerConfig.topk must be >= 2 (elite std), got {self.topk}")
+        if not self.init_std > 0:
+            raise ValueError(f"PlannerConfig.init_std must be > 0, got {self.init_std!r}")
+        if not self.proprio_weight >= 0:
+            raise ValueError(
+                f"PlannerConfig.proprio_weight must be >= 0, got {self.proprio_weight!r}"
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"PlannerConfig.seed must be an int, got {self.seed!r}")
+
+    @property
+    def n_rounds(self) -> int:
+        """Number of MPC plans an episode that never succeeds goes through."""
+        return self.mpc_rounds + 1
+
+    def replace(self, **changes: object) -> PlannerConfig:
+        """A copy with some fields changed (validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown PlannerConfig field(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+# PROTOCOL section 2, per environment.
+_REFERENCE: dict[str, dict[str, int]] = {
+    "wall": {"cem_steps": 10, "mpc_rounds": 50},
+    "pusht": {"cem_steps": 30, "mpc_rounds": 30},
+}
+
+# The kit's default on a 2-core CPU. Why: the study is ~190 configurations x 50 episodes, and
+# the worst case (no episode succeeds, every round runs) must fit in ~12 hours, i.e. ~220 s per
+# configuration. The reference (300 samples x 10/30 CEM steps x 51/31 rounds x 50 episodes) is
+# 2.3 / 4.2 billion predictor sequence-steps per configuration, ~100x over budget for the kit's
+# model here (benchmarks/plan_speed.py prints the figures). The cuts, smallest first:
+#   * keep horizon 5, the objective, sample 0 = mean, mean 0 / std 1: they define the method;
+#   * samples 300 -> 100 and topk 30 -> 10 (same 10 % elite fraction);
+#   * CEM steps: Wall 10 -> 5, PushT 30 -> 10 (the planning loss flattens after a few steps);
+#   * MPC rounds: Wall 50 -> 10, PushT 30 -> 10: the targets and the paper's differences between
+#     methods are at 0..10 iters; 20..50 columns need the reference profile.
+_CPU: dict[str, dict[str, int]] = {
+    "wall": {"samples": 100, "topk": 10, "cem_steps": 5, "mpc_rounds": 10},
+    "pusht": {"samples": 100, "topk": 10, "cem_steps": 10, "mpc_rounds": 10},
+}
+
+# Seconds: enough to exercise every code path.
+_SMOKE: dict[str, int] = {"samples": 16, "topk": 4, "cem_steps": 2, "mpc_rounds": 1}
+
+PROFILES: tuple[str, ...] = ("cpu", "reference", "smoke")
+DEFAULT_PROFILE = "cpu"
+
+
+def planner_config(env_name: str, profile: str = DEFAULT_PROFILE, **overrides: object
+                   ) -> PlannerConfig:
+    """The planner configuration of ``profile`` for ``env_name``, with optional field overrides.
+
+    ``profile`` is one of ``PROFILES``: ``"reference"`` (PROTOCOL section 2 exactly), ``"cpu"``
+    (the kit's default, see ``_CPU`` for why) or ``"smoke"`` (tests).
+    """
+    env = check_env_name(env_name)
+    values: dict[str, object] = dict(_REFERENCE[env])
+    if profile == "reference":
+        pass
+    elif profile == "cpu":
+        values.update(_CPU[env])
+    elif profile == "smoke":
+        values.update(_SMOKE)
+    else:
+        raise ValueError(f"unknown planner profile {profile!r}; expected one of {PROFILES}")
+    values["profile"] = profile
+    values.update(overrides)
+    fields = {f.name for f in dataclasses.fields(PlannerConfig)}
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(f"unknown PlannerConfig field(s): {sorted(unknown)}")
+    return PlannerConfig(**values)  # type: ignore[arg-type]
