@@ -1,0 +1,133 @@
+"""Running experiments: checkpoint -> calibration (cached) -> quantize -> MPC -> one result.
+
+    from quantwm.study import Experiment, ResultStore, run_experiment
+    exp = Experiment("wall", "rtn", encoder=(8, 8), predictor=(8, 8), episodes=10)
+    record = run_experiment(exp, ResultStore())
+
+Calibration follows PROTOCOL section 5: the FP32 planner runs 2 MPC rounds on the calibration
+episodes (training split, other seeds than evaluation) and every encoder and predictor input is
+recorded (subsampled). It is gathered once per (checkpoint, planner profile) and cached under
+``data/cache/``: it serves every method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantwm.study.grid import Experiment, paper_iters
+from quantwm.study.store import ResultStore
+from quantwm.utils import DATA_DIR, provenance
+
+CACHE_DIR = DATA_DIR / "cache"
+CALIBRATION_EPISODES = 50
+CALIBRATION_SEED = 1
+
+
+def _checkpoint_digest(env: str) -> str:
+    from quantwm.model import checkpoint_path
+
+    path = checkpoint_path(env)
+    if not path.exists():
+        raise FileNotFoundError(f"no world-model checkpoint at {path}; "
+                                f"make it with `quantwm train --env {env}`")
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:10]
+
+
+def calibration_data(env: str, profile: str, device: torch.device | str = "cpu",
+                     cache_dir: str | Path = CACHE_DIR, episodes: int = CALIBRATION_EPISODES,
+                     model: torch.nn.Module | None = None) -> dict[str, list[torch.Tensor]]:
+    """The recorded encoder/predictor inputs of 2 FP32 MPC rounds (cached on disk)."""
+    from quantwm.data import calibration_episodes
+    from quantwm.model import load
+    from quantwm.plan import load_calibration, planner_config, record_calibration, save_calibration
+
+    path = Path(cache_dir) / f"calibration-{env}-{_checkpoint_digest(env)}-{profile}-n{episodes}.pt"
+    if path.exists():
+        return load_calibration(path)
+    model = model if model is not None else load(env, device)
+    eps = calibration_episodes(env, n=episodes, seed=CALIBRATION_SEED)
+    calib = record_calibration(model, eps, planner_config(env, profile), rounds=2, device=device)
+    save_calibration(calib, path)
+    return calib
+
+
+def build_model(experiment: Experiment, device: torch.device | str = "cpu",
+                cache_dir: str | Path = CACHE_DIR, **quant_options: Any) -> torch.nn.Module:
+    """The (quantized) world model of an experiment, on ``device``."""
+    from quantwm.model import load
+    from quantwm.quant import quantize
+
+    model = load(experiment.env, device)
+    if experiment.is_float:
+        return model
+    calib = calibration_data(experiment.env, experiment.profile, device, cache_dir, model=model)
+    calib = {part: [t.to(device) for t in ts] for part, ts in calib.items()}
+    return quantize(model, experiment.quant_config(**quant_options), calib)
+
+
+def run_experiment(experiment: Experiment, store: ResultStore | None = None,
+                   device: torch.device | str = "cpu", cache_dir: str | Path = CACHE_DIR,
+                   progress: bool = False, **quant_options: Any) -> dict[str, Any]:
+    """Quantize, plan on the evaluation episodes, and return (and store) one result record."""
+    from quantwm.data import evaluation_episodes
+    from quantwm.plan import plan_episodes, planner_config
+    from quantwm.quant import model_size_bits
+
+    t0 = time.perf_counter()
+    model = build_model(experiment, device, cache_dir, **quant_options)
+    quant_seconds = time.perf_counter() - t0
+    episodes = evaluation_episodes(experiment.env, n=experiment.episodes, seed=experiment.seed)
+    config = planner_config(experiment.env, experiment.profile, seed=experiment.seed)
+    result = plan_episodes(model, episodes, config, device=device, progress=progress)
+
+    iters = [k for k in paper_iters(experiment.env) if k <= config.mpc_rounds]
+    first = [int(np.argmax(row)) if row.any() else None for row in result.success_by_round]
+    record = {
+        "label": experiment.quant_config().label() if not experiment.is_float else "FP32",
+        "success": {str(k): result.success_at(k) for k in iters},
+        "success_by_round": result.success_by_round.mean(axis=0).tolist(),
+        "episodes": {
+            "ids": [str(i) for i in episodes.ids],
+            "first_success_round": first,
+            "final_loss_by_round": _nan_to_none(result.loss_best[:, :, -1]),
+            "latent_mse_by_round": _nan_to_none(result.latent_mse),
+            "goal_distance_by_round": _nan_to_none(result.goal_distance),
+        },
+        "mean_final_loss_by_round": result.summary()["mean_final_loss_by_round"],
+        "planner": config.to_dict(),
+        "size": model_size_bits(model).as_dict(),
+        "seconds": {"quantize": quant_seconds, "plan": result.seconds,
+                    "total": time.perf_counter() - t0},
+        "provenance": {**provenance(), "device": str(device)},
+    }
+    if store is not None:
+        store.write(experiment, record)
+    return record
+
+
+def _nan_to_none(a: np.ndarray) -> list:
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(a)]
+
+
+def run_sweep(experiments: Sequence[Experiment], store: ResultStore,
+              device: torch.device | str = "cpu", force: bool = False,
+              on_done: Callable[[Experiment, dict[str, Any]], None] | None = None,
+              **quant_options: Any) -> list[Experiment]:
+    """Run every experiment without a stored result (all with ``force``); returns those run.
+
+    Each result is written as soon as it is done, so an interrupted sweep resumes where it
+    stopped and a rerun duplicates nothing.
+    """
+    todo = list(dict.fromkeys(experiments)) if force else store.missing(list(experiments))
+    for exp in todo:
+        record = run_experiment(exp, store, device, **quant_options)
+        if on_done:
+            on_done(exp, record)
+    return todo

@@ -1,0 +1,113 @@
+"""The study's grid declarations, result store and table statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from quantwm.study import (
+    TABLES,
+    Experiment,
+    ResultStore,
+    mcnemar_exact,
+    paper_configs,
+    paper_style_table,
+    paper_tables,
+    table_experiments,
+    wilson_interval,
+)
+from quantwm.study.tables import success_matrix
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_grid_matches_the_paper_row_for_row(table: int) -> None:
+    rows = paper_configs(table)
+    experiments = table_experiments(table)
+    assert len(experiments) == len(rows)
+    for (_, row), exp in zip(rows.iterrows(), experiments, strict=True):
+        assert exp.is_float == (row["method"] == "FP32")
+        if exp.is_float:
+            continue
+        if not pd.isna(row["enc_w"]):
+            assert exp.encoder == (row["enc_w"], row["enc_a"])
+            assert exp.predictor == (row["pred_w"], row["pred_a"])
+        else:
+            assert exp.encoder == exp.predictor == (row["w_bits"], row["a_bits"])
+        expected_group = None if pd.isna(row["group"]) else 128
+        assert exp.group == expected_group
+
+
+def test_the_whole_grid_is_196_quantized_configurations_run_once_each() -> None:
+    per_table = [[e for e in table_experiments(t) if not e.is_float] for t in TABLES]
+    assert sum(len(t) for t in per_table) == 196
+    # Shared rows (e.g. RTN W8A8 in Tables 3 and 7) have one key: run once, shown twice.
+    keys = {e.key() for t in per_table for e in t}
+    assert len(keys) == 192
+    assert len(paper_tables()) == 1248
+
+
+def test_experiment_validation_names_the_bad_value() -> None:
+    with pytest.raises(ValueError, match="nope"):
+        Experiment("wall", method="nope", encoder=(4, 32), predictor=(4, 32))
+    with pytest.raises(ValueError, match="1"):
+        Experiment("wall", method="rtn", encoder=(1, 32), predictor=(4, 32))
+    with pytest.raises(ValueError, match="maze"):
+        Experiment("maze")
+    exp = Experiment("wall", "rtn", (4, 8), (4, 8), group=128, act_granularity="per_token")
+    assert Experiment.from_dict(exp.to_dict()) == exp
+
+
+def test_store_resumes_without_loss_or_duplicates(tmp_path) -> None:
+    store = ResultStore(tmp_path)
+    grid = [Experiment("wall", "rtn", (b, 32), (b, 32), episodes=4) for b in (3, 4, 8)]
+    assert store.missing(grid + grid[:1]) == grid
+    store.write(grid[0], {"success": {"0": 0.5}})
+    # An interrupted write leaves no partial file: simulate a crash inside the atomic block.
+    with pytest.raises(RuntimeError):
+        from quantwm.utils import atomic_path
+
+        with atomic_path(store.path(grid[1])) as tmp:
+            tmp.write_text("{half")
+            raise RuntimeError("interrupted")
+    assert not store.path(grid[1]).exists()
+    assert list(tmp_path.rglob("*.tmp")) == []
+    assert store.missing(grid) == grid[1:]
+    store.write(grid[0], {"success": {"0": 0.75}})  # a forced rerun replaces, never duplicates
+    assert len(list(store.records())) == 1
+    assert store.read(grid[0])["success"] == {"0": 0.75}
+
+
+def test_wilson_interval_properties() -> None:
+    lo, hi = wilson_interval(47, 50)
+    assert lo < 0.94 < hi and 0 <= lo and hi <= 1
+    assert wilson_interval(0, 50)[0] == 0.0
+    assert math.isclose(wilson_interval(50, 50)[1], 1.0)
+    # Known value: 47/50 -> [0.838, 0.979] (Wilson 1927).
+    assert math.isclose(lo, 0.838, abs_tol=1e-3) and math.isclose(hi, 0.979, abs_tol=1e-3)
+    # 0.94 vs 0.96 on 50 episodes overlap: not distinguishable.
+    assert wilson_interval(48, 50)[0] < 0.94
+    with pytest.raises(ValueError):
+        wilson_interval(3, 0)
+
+
+def test_mcnemar_flags_only_real_paired_differences() -> None:
+    a = [True] * 20 + [False] * 30
+    assert mcnemar_exact(a, a) == 1.0
+    b = [False] * 20 + [False] * 30
+    assert mcnemar_exact(a, b) < 1e-5
+    c = [True] * 19 + [False] + [False] * 29 + [True]  # one swap each way
+    assert mcnemar_exact(a, c) == 1.0
+
+
+def test_paper_style_table_layout_and_flags() -> None:
+    iters = [0, 5, 10]
+    fp32 = {"label": "FP32", "first_success_round": [0] * 25 + [3] * 20 + [None] * 5}
+    w3 = {"label": "RTN W3", "first_success_round": [None] * 50}
+    table = paper_style_table([fp32, w3], iters)
+    assert list(table.columns) == ["0 iters", "5 iters", "10 iters"]
+    assert table.loc["FP32", "5 iters"].startswith("0.90")
+    assert table.loc["RTN W3", "5 iters"].endswith("*")
+    assert success_matrix([None, 0, 7], iters).tolist() == [
+        [False, False, False], [True, True, True], [False, False, True]]
