@@ -1,0 +1,60 @@
+"""Saving and loading world models: one file = {config, state_dict, meta}.
+
+Files load with ``torch.load(..., weights_only=True)``: they hold only tensors and plain
+Python values. Shipped checkpoints live at ``data/checkpoints/<env>.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantwm.model.world_model import WorldModel, WorldModelConfig
+from quantwm.utils import DATA_DIR, ENV_NAMES, atomic_path, git_commit
+
+CHECKPOINT_DIR = DATA_DIR / "checkpoints"
+
+
+def checkpoint_path(env_or_path: str | os.PathLike) -> Path:
+    """``"wall"`` / ``"pusht"`` -> the shipped checkpoint; anything else is taken as a path."""
+    if str(env_or_path).lower() in ENV_NAMES:
+        return CHECKPOINT_DIR / f"{str(env_or_path).lower()}.pt"
+    return Path(env_or_path)
+
+
+def save(model: WorldModel, path: str | os.PathLike, **meta: Any) -> Path:
+    """Write ``model`` atomically to ``path``; ``meta`` (plain values) is stored beside it.
+
+    The commit that made the file is added to meta as ``commit`` unless given.
+    """
+    meta.setdefault("commit", git_commit())
+    payload = {
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load(path_or_env: str | os.PathLike, device: torch.device | str = "cpu") -> WorldModel:
+    """Load a world model (in eval mode, on ``device``) from a path or an env name.
+
+    The training metadata is on ``model.meta``.
+    """
+    path = checkpoint_path(path_or_env)
+    if not path.exists():
+        env = str(path_or_env).lower() if str(path_or_env).lower() in ENV_NAMES else "<env>"
+        raise FileNotFoundError(
+            f"no world-model checkpoint at {path}; make it with "
+            f"`quantwm train --env {env} --out {path}`")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model = WorldModel(WorldModelConfig(**payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    model.meta = payload.get("meta", {})
+    return model.to(device).eval()

@@ -1,0 +1,127 @@
+"""``quantwm train``: pretrain the shared encoder (stage 1) and train an env's world model.
+
+    quantwm train --stage encoder --minutes 7      # stage 1 on both envs -> encoder.pt
+    quantwm train --env wall --minutes 22          # stage 2 (runs stage 1 first if needed)
+    quantwm train --env pusht --resume             # continue an interrupted run
+
+The stage-1 encoder is written to ``data/checkpoints/encoder.pt`` and reused (frozen) by every
+env, as DINO-WM reuses one DINOv2. Training states for ``--resume`` live in ``data/runs/train/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantwm.model.checkpoint import CHECKPOINT_DIR, load, save
+from quantwm.model.world_model import WorldModel, WorldModelConfig
+from quantwm.utils import DATA_DIR, ENV_NAMES, check_env_name, seed_everything
+
+ENCODER_PATH = CHECKPOINT_DIR / "encoder.pt"
+STATE_DIR = DATA_DIR / "runs" / "train"
+_ENCODER_FIELDS = ("img_size", "patch_size", "enc_dim", "enc_depth", "enc_heads", "mlp_ratio",
+                   "dec_width")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", choices=ENV_NAMES, help="environment (not needed for --stage encoder)")
+    p.add_argument("--stage", choices=("all", "encoder", "dynamics"), default="all",
+                   help="encoder: stage 1 only; dynamics: stage 2 only (needs --encoder); "
+                        "all: stage 1 if --encoder is missing, then stage 2 (default)")
+    p.add_argument("--minutes", type=float, default=22.0,
+                   help="time budget of the stage being run (stage 2 for --stage all)")
+    p.add_argument("--encoder-minutes", type=float, default=7.0,
+                   help="time budget of stage 1 when --stage all has to run it")
+    p.add_argument("--steps", type=int, default=None, help="optional step budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output checkpoint (default data/checkpoints/<env>.pt)")
+    p.add_argument("--encoder", type=Path, default=ENCODER_PATH, help="stage-1 checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the saved training state")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.stage != "encoder" and args.env is None:
+        raise ValueError("--env is required unless --stage encoder")
+    if args.stage == "encoder" or (args.stage == "all" and not args.encoder.exists()):
+        minutes = args.minutes if args.stage == "encoder" else args.encoder_minutes
+        train_encoder(args.encoder, minutes=minutes, steps=args.steps, seed=args.seed,
+                      device=args.device, resume=args.resume, batch_size=args.batch_size,
+                      lr=args.lr)
+    if args.stage == "encoder":
+        return 0
+    env = check_env_name(args.env)
+    out = args.out or CHECKPOINT_DIR / f"{env}.pt"
+    train_world_model(env, out, encoder_path=args.encoder, minutes=args.minutes,
+                      steps=args.steps, seed=args.seed, device=args.device, resume=args.resume,
+                      batch_size=args.batch_size, lr=args.lr)
+    return 0
+
+
+def _overrides(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None, seed: int = 0,
+                  device: str = "cpu", resume: bool = False, **kw: Any) -> WorldModel:
+    """Stage 1 on the training frames of both environments; saves to ``path``."""
+    from quantwm.model.sources import EnvFrames, load_trajectories
+    from quantwm.model.train import pretrain_encoder
+
+    seed_everything(seed)
+    model = WorldModel(WorldModelConfig.for_env("wall"))
+    sources = {env: EnvFrames(env, load_trajectories(env), "train", model.config.img_size)
+               for env in ENV_NAMES}
+    summary = pretrain_encoder(model, sources, minutes=minutes, max_steps=steps, seed=seed,
+                               device=device, state_path=STATE_DIR / "encoder.state.pt",
+                               resume=resume, **_overrides(**kw))
+    save(model, path, stage="encoder", seed=seed, training=summary)
+    print(f"encoder: {summary['steps']} steps in {summary['minutes']} min, "
+          f"final {summary['final']} -> {path}")
+    return model
+
+
+def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float | None,
+                      steps: int | None = None, seed: int = 0, device: str = "cpu",
+                      resume: bool = False, **kw: Any) -> WorldModel:
+    """Stage 2 for ``env`` on top of the frozen stage-1 encoder; saves to ``out``."""
+    from quantwm.model.sources import frame_windows, load_trajectories
+    from quantwm.model.train import dataset_stats, train_dynamics
+
+    seed_everything(seed)
+    config = WorldModelConfig.for_env(env)
+    model = WorldModel(config)
+    pretrained = load(encoder_path)
+    for field in _ENCODER_FIELDS:
+        if getattr(pretrained.config, field) != getattr(config, field):
+            raise ValueError(f"encoder checkpoint {encoder_path} has {field}="
+                             f"{getattr(pretrained.config, field)}, the {env} model needs "
+                             f"{getattr(config, field)}")
+    model.encoder.load_state_dict(pretrained.encoder.state_dict())
+    model.decoder.load_state_dict(pretrained.decoder.state_dict())
+
+    trajs = load_trajectories(env)
+    T = config.num_hist + 1
+    train_set = frame_windows(env, trajs, "train", T, config.frameskip, config.img_size)
+    val_set = frame_windows(env, trajs, "val", T, config.frameskip, config.img_size)
+    model.set_normalization(**dataset_stats(train_set, n=2048, seed=seed))
+    summary = train_dynamics(model, train_set, val_set, minutes=minutes, max_steps=steps,
+                             seed=seed, device=device, state_path=STATE_DIR / f"{env}.state.pt",
+                             resume=resume, **_overrides(**kw))
+    encoder_meta = copy.deepcopy(pretrained.meta)
+    encoder_meta.get("training", {}).pop("history", None)
+    save(model, out, stage="world_model", env=env, seed=seed, training=summary,
+         encoder=encoder_meta)
+    print(f"{env}: {summary['steps']} steps in {summary['minutes']} min, train "
+          f"{summary['final']}, val {summary.get('val')} -> {out}")
+    return model

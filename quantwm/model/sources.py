@@ -1,0 +1,88 @@
+"""Where the training data comes from: stage-1 frames with state features, stage-2 windows.
+
+Both read the trajectory datasets of ``quantwm.data`` (``data/<env>/trajectories.npz``), the
+training split only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantwm.utils import DATA_DIR, check_env_name
+
+
+def trajectories_path(env_name: str):
+    return DATA_DIR / check_env_name(env_name) / "trajectories.npz"
+
+
+def load_trajectories(env_name: str) -> Any:
+    """The ``quantwm.data.Trajectories`` of an env, or an error naming the command to make it."""
+    from quantwm.data import Trajectories
+
+    path = trajectories_path(env_name)
+    if not path.exists():
+        raise FileNotFoundError(f"no dataset at {path}; make it with `quantwm data --env "
+                                f"{env_name}` (see quantwm.data)")
+    return Trajectories.load(path)
+
+
+def state_features(env_name: str, states: np.ndarray, params: dict[str, np.ndarray]
+                   ) -> np.ndarray:
+    """The state a single frame shows, as a float vector (before normalisation).
+
+    Wall: agent x, y, wall x, door y. PushT: agent x, y, block x, y, cos and sin of the block
+    angle (the T has no symmetry, so the angle is periodic in 2 pi only).
+    """
+    env_name = check_env_name(env_name)
+    states = np.asarray(states, dtype=np.float64)
+    if env_name == "wall":
+        return np.stack([states[:, 0], states[:, 1],
+                         np.asarray(params["wall_x"], np.float64),
+                         np.asarray(params["door_y"], np.float64)], axis=1)
+    angle = states[:, 4]
+    return np.concatenate([states[:, :4], np.cos(angle)[:, None], np.sin(angle)[:, None]], 1)
+
+
+class EnvFrames:
+    """Stage-1 frame source: random states of the training split, rendered, with features.
+
+    ``sample(n, rng) -> (images float (n, 3, H, W) in [0, 1], features float (n, F))`` where
+    the features are normalised by the split's mean and std.
+    """
+
+    def __init__(self, env_name: str, trajs: Any, split: str = "train", img_size: int = 64
+                 ) -> None:
+        from quantwm.envs import make
+
+        self.env_name = check_env_name(env_name)
+        sel = np.asarray(trajs.split) == split
+        if not sel.any():
+            raise ValueError(f"the {env_name} dataset has no {split!r} trajectories")
+        states = np.asarray(trajs.states)[sel]  # (n, T + 1, S)
+        n, t1, s = states.shape
+        self.states = states.reshape(n * t1, s)
+        self.params = {k: np.repeat(np.asarray(v)[sel], t1) for k, v in trajs.params.items()}
+        feats = state_features(self.env_name, self.states, self.params)
+        self.mean, self.std = feats.mean(0), feats.std(0) + 1e-6
+        self.features = ((feats - self.mean) / self.std).astype(np.float32)
+        self.num_features = feats.shape[1]
+        self.env = make(self.env_name, img_size=img_size).unwrapped
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = rng.integers(len(self.states), size=n)
+        render, params = self.env.render_state, self.params
+        images = np.stack([render(self.states[i], **{k: float(v[i]) for k, v in params.items()})
+                           for i in idx])  # (n, H, W, 3) uint8
+        images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+        return images, torch.from_numpy(self.features[idx])
+
+
+def frame_windows(env_name: str, trajs: Any, split: str, num_frames: int, frameskip: int,
+                  img_size: int) -> Any:
+    """``quantwm.data.FrameWindows`` of ``num_frames`` frames (stage-2 data)."""
+    from quantwm.data import FrameWindows
+
+    return FrameWindows(trajs, split, num_frames, frameskip=frameskip, img_size=img_size)

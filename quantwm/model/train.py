@@ -1,0 +1,357 @@
+"""Training the world model in two stages, as DINO-WM does with a frozen DINOv2.
+
+Stage 1, ``pretrain_encoder``: the ViT encoder is trained once on frames of *both*
+environments and then frozen; it plays the part of DINOv2, which cannot be had here.
+Objective, per frame:
+
+    recon * MSE(decoder(encoder(x)), x)  +  aux * mean_tokens || P_env z_token - s * f(state) ||^2
+
+- The reconstruction term (through the conv decoder) makes the patch tokens keep everything
+  that is visible, in particular what the predictor needs and no state vector carries: the
+  wall and door position in Wall, the exact block outline in PushT.
+- The auxiliary term makes latent distances reflect state distances, which is what a
+  planner minimising ``||z - z_goal||^2`` needs. A plain autoencoder latent changes only where
+  pixels change: once an object has moved off its old pixels the distance stops growing, and
+  CEM sees a flat objective. DINOv2 patch features are known to encode object position and
+  pose linearly; here that property is imposed directly. ``f(state)`` are the normalised
+  state features a frame shows (Wall: agent x, y, wall x, door y; PushT: agent x, y, block
+  x, y, cos and sin of the block angle); ``P_env`` is a *fixed* random orthonormal
+  projection (disjoint rows per environment), so every token must carry its frame's state,
+  linearly and with a known gain ``s``: for two frames of one environment,
+  ``||z_i - z_j|| >= s ||f_i - f_j||`` per token. The projection is fixed rather than learned
+  so that the encoder cannot shrink the state directions to nothing.
+  State labels are privileged information DINOv2 never saw; the encoder is still a pure
+  image encoder after training and the world model never sees states.
+
+Stage 2, ``train_dynamics``: the encoder is frozen; the predictor and the action/proprio
+embeddings learn the reference's loss, the MSE between the teacher-forced predictions of
+frames 1..T and the (detached) latents of those frames on the visual and proprio dims, all
+frames in one pass, AdamW. The decoder keeps training on detached latents (for viewing).
+
+Both stages run to a time budget (``minutes``) and/or a step budget (``max_steps``), draw
+their batches from ``numpy.random.default_rng([seed, step])`` (so a resumed run sees the same
+batches), write an atomic training state every ``ckpt_minutes`` and can resume from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from quantwm.model.world_model import WorldModel, _tile
+from quantwm.utils import atomic_path
+
+
+class FrameSource(Protocol):
+    """Frames with state features, for stage 1. ``sample`` returns float (n, 3, H, W) in [0, 1]
+    and float (n, num_features) normalised features."""
+
+    num_features: int
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+Windows = Sequence[dict[str, Any]]  # FrameWindows or anything indexable the same way
+
+
+# -------------------------------------------------------------------------------------- helpers
+def collate(dataset: Windows, indices: np.ndarray, device: torch.device | str
+            ) -> dict[str, torch.Tensor]:
+    """Stack ``dataset[i]`` for ``i in indices`` into a batch of tensors on ``device``."""
+    items = [dataset[int(i)] for i in indices]
+    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]).float().to(device)
+            for k in items[0]}
+
+
+def dataset_stats(dataset: Windows, n: int = 1024, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Mean and std of action and proprio over ``n`` random windows of the training split."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    batch = collate(dataset, idx, "cpu")
+    act = batch["action"].flatten(0, 1)
+    pro = batch["proprio"].flatten(0, 1)
+    return {"action_mean": act.mean(0), "action_std": act.std(0),
+            "proprio_mean": pro.mean(0), "proprio_std": pro.std(0)}
+
+
+def fixed_projection(enc_dim: int, num_features: Sequence[int], seed: int = 0
+                     ) -> list[torch.Tensor]:
+    """Orthonormal (F_e, enc_dim) projections with mutually orthogonal rows, one per source."""
+    total = sum(num_features)
+    if total > enc_dim:
+        raise ValueError(f"{total} state features do not fit in enc_dim {enc_dim}")
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(enc_dim, total, generator=g))
+    return list(q.T.split(list(num_features)))
+
+
+def cosine_lr(base: float, progress: float, warmup: float = 0.05, floor: float = 0.1) -> float:
+    """Linear warm-up over the first ``warmup`` of training, then cosine decay to floor*base."""
+    if progress < warmup:
+        return base * max(progress / warmup, 0.02)
+    t = min((progress - warmup) / (1 - warmup), 1.0)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class _Budget:
+    """Progress in [0, 1] of a run limited by minutes and/or steps (whichever ends first)."""
+
+    def __init__(self, minutes: float | None, max_steps: int | None, elapsed: float) -> None:
+        if minutes is None and max_steps is None:
+            raise ValueError("give a time budget (minutes) or a step budget (max_steps)")
+        if minutes is not None and minutes <= 0 or max_steps is not None and max_steps <= 0:
+            raise ValueError(f"budget must be positive: minutes={minutes}, steps={max_steps}")
+        self.seconds = None if minutes is None else 60.0 * minutes
+        self.max_steps = max_steps
+        self.start = time.monotonic() - elapsed
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def progress(self, step: int) -> float:
+        p = 0.0
+        if self.seconds is not None:
+            p = max(p, self.elapsed() / self.seconds)
+        if self.max_steps is not None:
+            p = max(p, step / self.max_steps)
+        return p
+
+
+def _save_state(path: Path, **state: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path) -> dict[str, Any] | None:
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def _bar(desc: str, total: int | None, quiet: bool) -> tqdm:
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, disable=quiet, dynamic_ncols=True,
+                mininterval=0.5 if interactive else 30.0)
+
+
+def _loop(desc: str, step_fn: Callable[[int], dict[str, float]], *, budget: _Budget,
+          step: int, history: list[dict[str, float]], state_path: Path | None,
+          save_fn: Callable[[int, float], None] | None, ckpt_minutes: float, log_every: int,
+          quiet: bool) -> int:
+    """Run ``step_fn(step)`` until the budget is spent; log, checkpoint. Returns the last step."""
+    bar = _bar(desc, budget.max_steps, quiet)
+    bar.update(step)
+    last_ckpt = time.monotonic()
+    running: dict[str, float] = {}
+    while budget.progress(step) < 1.0:
+        losses = step_fn(step)
+        step += 1
+        running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in losses.items()}
+        bar.update(1)
+        if step % log_every == 0:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in running.items()}, refresh=False)
+            history.append({"step": step, "minutes": budget.elapsed() / 60, **losses})
+            if not quiet and not sys.stderr.isatty():
+                tqdm.write(f"[{desc}] step {step} {budget.elapsed() / 60:.1f} min " + " ".join(
+                    f"{k}={v:.4g}" for k, v in running.items()), file=sys.stderr)
+        if save_fn is not None and time.monotonic() - last_ckpt > 60 * ckpt_minutes:
+            save_fn(step, budget.elapsed())
+            last_ckpt = time.monotonic()
+    bar.close()
+    return step
+
+
+# ------------------------------------------------------------------------------------- stage 1
+def pretrain_encoder(model: WorldModel, sources: dict[str, FrameSource], *,
+                     minutes: float | None = None, max_steps: int | None = None,
+                     batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05,
+                     recon_weight: float = 1.0, aux_weight: float = 0.05, aux_scale: float = 2.0,
+                     seed: int = 0, device: torch.device | str = "cpu",
+                     state_path: str | os.PathLike | None = None, resume: bool = False,
+                     ckpt_minutes: float = 2.0, log_every: int = 20, quiet: bool = False
+                     ) -> dict[str, Any]:
+    """Stage 1: train ``model.encoder`` (and ``model.decoder``) on frames of every source.
+
+    Each batch holds ``batch_size // len(sources)`` frames of each source. Returns a summary
+    (steps, minutes, final losses, history). The encoder is left frozen (requires_grad False).
+    """
+    if not sources:
+        raise ValueError("pretrain_encoder needs at least one frame source")
+    model.to(device).train()
+    names = sorted(sources)
+    projections = [p.to(device) for p in fixed_projection(
+        model.config.enc_dim, [sources[n].num_features for n in names])]
+    params = [*model.encoder.parameters(), *model.decoder.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    per_source = max(1, batch_size // len(names))
+
+    step, elapsed, history = 0, 0.0, []
+    state_path = None if state_path is None else Path(state_path)
+    if resume and state_path is not None and (state := _load_state(state_path)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed, history = state["step"], state["elapsed"], state["history"]
+    budget = _Budget(minutes, max_steps, elapsed)
+
+    def step_fn(step: int) -> dict[str, float]:
+        rng = np.random.default_rng([seed, 1, step])
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(lr, budget.progress(step))
+        recon = aux = torch.zeros((), device=device)
+        for name, proj in zip(names, projections, strict=True):
+            images, feats = sources[name].sample(per_source, rng)
+            images, feats = images.to(device), feats.to(device)
+            z = model.encoder(images)  # (n, N, enc_dim)
+            recon = recon + F.mse_loss(model.decoder(z), images) / len(names)
+            target = (aux_scale * feats)[:, None, :].expand(-1, z.shape[1], -1)
+            aux = aux + F.mse_loss(z @ proj.T, target) / len(names)
+        loss = recon_weight * recon + aux_weight * aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return {"recon": recon.item(), "aux": aux.item()}
+
+    def save_fn(step: int, elapsed: float) -> None:
+        if state_path is not None:
+            _save_state(state_path, model=model.state_dict(), optimizer=opt.state_dict(),
+                        step=step, elapsed=elapsed, history=history)
+
+    step = _loop("encoder", step_fn, budget=budget, step=step, history=history,
+                 state_path=state_path, save_fn=save_fn, ckpt_minutes=ckpt_minutes,
+                 log_every=log_every, quiet=quiet)
+    save_fn(step, budget.elapsed())
+    freeze_encoder(model)
+    final = history[-1] if history else {}
+    return {"stage": "encoder", "steps": step, "minutes": round(budget.elapsed() / 60, 2),
+            "sources": names, "recon_weight": recon_weight, "aux_weight": aux_weight,
+            "aux_scale": aux_scale, "final": {k: v for k, v in final.items()
+                                              if k not in ("step", "minutes")},
+            "history": history}
+
+
+def freeze_encoder(model: WorldModel) -> None:
+    """Freeze the encoder (no gradients, eval mode), as DINO-WM freezes DINOv2."""
+    model.encoder.eval()
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------- stage 2
+def dynamics_losses(model: WorldModel, batch: dict[str, torch.Tensor], decoder_frames: int = 1
+                    ) -> dict[str, torch.Tensor]:
+    """Stage-2 losses of one batch of windows of T = num_hist + 1 frames.
+
+    ``z_loss`` (trained) is the MSE over visual + proprio dims between ``predict(z[:, :-1])``
+    and the detached ``z[:, 1:]``; ``z_visual`` / ``z_proprio`` are its two parts;
+    ``decoder`` is the reconstruction MSE of the decoder on the detached latents of the first
+    ``decoder_frames`` frames.
+    """
+    c = model.config
+    visual, proprio = batch["visual"], batch["proprio"]
+    action = model.normalize_action(batch["action"])
+    B, T = visual.shape[:2]
+    if T != c.num_hist + 1:
+        raise ValueError(f"windows have {T} frames; stage 2 needs num_hist + 1 = {c.num_hist + 1}")
+    with torch.no_grad():  # frozen encoder
+        patches = model.encoder(visual.flatten(0, 1)).unflatten(0, (B, T))
+    z = _tile(patches, model.proprio_encoder(model.normalize_proprio(proprio)))
+    z_pred = model.predict(z[:, :-1], action[:, :-1])
+    target = z[:, 1:].detach()
+    err = (z_pred - target).pow(2)
+    recon = model.decoder(patches[:, :decoder_frames].flatten(0, 1))
+    return {
+        "z_loss": err.mean(),
+        "z_visual": err[..., : c.enc_dim].mean(),
+        "z_proprio": err[..., c.enc_dim:].mean(),
+        "decoder": F.mse_loss(recon, visual[:, :decoder_frames].flatten(0, 1)),
+    }
+
+
+@torch.no_grad()
+def evaluate_dynamics(model: WorldModel, dataset: Windows, n: int = 256, batch_size: int = 64,
+                      seed: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Mean stage-2 losses over ``n`` fixed windows of ``dataset``."""
+    was_training = model.training
+    model.eval()
+    idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)),
+                                             replace=False)
+    sums: dict[str, float] = {}
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start:start + batch_size]
+        losses = dynamics_losses(model, collate(dataset, chunk, device))
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * len(chunk)
+    model.train(was_training)
+    freeze_encoder(model)
+    return {k: v / len(idx) for k, v in sums.items()}
+
+
+def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | None = None, *,
+                   minutes: float | None = None, max_steps: int | None = None,
+                   batch_size: int = 32, lr: float = 5e-4, weight_decay: float = 0.01,
+                   decoder_weight: float = 1.0, seed: int = 0, device: torch.device | str = "cpu",
+                   state_path: str | os.PathLike | None = None, resume: bool = False,
+                   ckpt_minutes: float = 2.0, log_every: int = 20, quiet: bool = False
+                   ) -> dict[str, Any]:
+    """Stage 2: train predictor, action/proprio embeddings and decoder; encoder frozen.
+
+    The model's normalisation buffers must already hold the training split's statistics.
+    Returns a summary (steps, minutes, final train and validation losses, history).
+    """
+    model.to(device).train()
+    freeze_encoder(model)
+    params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    step, elapsed, history = 0, 0.0, []
+    state_path = None if state_path is None else Path(state_path)
+    if resume and state_path is not None and (state := _load_state(state_path)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed, history = state["step"], state["elapsed"], state["history"]
+    budget = _Budget(minutes, max_steps, elapsed)
+
+    def step_fn(step: int) -> dict[str, float]:
+        rng = np.random.default_rng([seed, 2, step])
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(lr, budget.progress(step))
+        batch = collate(train_set, rng.integers(len(train_set), size=batch_size), device)
+        losses = dynamics_losses(model, batch)
+        loss = losses["z_loss"] + decoder_weight * losses["decoder"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return {k: v.item() for k, v in losses.items()}
+
+    def save_fn(step: int, elapsed: float) -> None:
+        if state_path is not None:
+            _save_state(state_path, model=model.state_dict(), optimizer=opt.state_dict(),
+                        step=step, elapsed=elapsed, history=history)
+
+    step = _loop("dynamics", step_fn, budget=budget, step=step, history=history,
+                 state_path=state_path, save_fn=save_fn, ckpt_minutes=ckpt_minutes,
+                 log_every=log_every, quiet=quiet)
+    save_fn(step, budget.elapsed())
+    model.eval()
+    final = history[-1] if history else {}
+    summary: dict[str, Any] = {
+        "stage": "dynamics", "steps": step, "minutes": round(budget.elapsed() / 60, 2),
+        "batch_size": batch_size, "lr": lr,
+        "final": {k: v for k, v in final.items() if k not in ("step", "minutes")},
+        "history": history,
+    }
+    if val_set is not None:
+        summary["val"] = evaluate_dynamics(model, val_set, device=device)
+    return summary

@@ -1,0 +1,284 @@
+"""Tests of quantwm.model on a tiny config and synthetic data (a dot pushed by actions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quantwm.model import WorldModel, WorldModelConfig, load, save
+from quantwm.model.train import (
+    dataset_stats,
+    dynamics_losses,
+    evaluate_dynamics,
+    pretrain_encoder,
+    train_dynamics,
+)
+from quantwm.model.vit import Block, block_causal_mask
+
+torch.set_num_threads(1)
+
+
+def tiny_config(env: str = "pusht", **kw) -> WorldModelConfig:
+    base = dict(img_size=32, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2, pred_depth=2,
+                pred_heads=2, pred_head_dim=16, dec_width=16)
+    return WorldModelConfig.for_env(env, **{**base, **kw})
+
+
+def tiny_model(env: str = "pusht", seed: int = 0, **kw) -> WorldModel:
+    torch.manual_seed(seed)
+    return WorldModel(tiny_config(env, **kw)).eval()
+
+
+def render_dots(pos: np.ndarray, img_size: int) -> np.ndarray:
+    """(n, 2) positions in [0, 1] -> (n, 3, H, W) float images of a dark dot on white."""
+    grid = (np.arange(img_size) + 0.5) / img_size
+    d2 = (grid[None, None, :] - pos[:, 0, None, None]) ** 2 \
+        + (grid[None, :, None] - pos[:, 1, None, None]) ** 2
+    ink = np.exp(-d2 / (2 * 0.06**2))
+    img = 1.0 - ink[:, None] * np.array([0.0, 1.0, 1.0])[None, :, None, None]
+    return img.astype(np.float32)
+
+
+class DotWindows:
+    """Windows of a dot moved by 5 sub-actions per frame; item format of FrameWindows."""
+
+    def __init__(self, n: int, num_frames: int, proprio_dim: int, img_size: int = 32,
+                 seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.pos = np.empty((n, num_frames, 2))
+        self.action = rng.normal(0, 1, size=(n, num_frames, 10)).astype(np.float32)
+        self.pos[:, 0] = rng.uniform(0.25, 0.75, size=(n, 2))
+        for t in range(1, num_frames):
+            step = 0.02 * self.action[:, t - 1].reshape(n, 5, 2).sum(1)
+            self.pos[:, t] = np.clip(self.pos[:, t - 1] + step, 0.1, 0.9)
+        self.proprio_dim, self.img_size = proprio_dim, img_size
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        p = self.pos[i]
+        proprio = np.concatenate([p, np.zeros((len(p), self.proprio_dim - 2))], 1)
+        return {"visual": render_dots(p, self.img_size), "proprio": proprio.astype(np.float32),
+                "action": self.action[i]}
+
+
+class DotFrames:
+    num_features = 2
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = rng.uniform(0.1, 0.9, size=(n, 2))
+        return torch.from_numpy(render_dots(pos, 32)), torch.from_numpy((pos - 0.5) / 0.23).float()
+
+
+def random_inputs(model: WorldModel, B: int = 3, T: int = 2, seed: int = 0):
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    visual = torch.rand(B, T, 3, c.img_size, c.img_size, generator=g)
+    proprio = torch.randn(B, T, c.proprio_dim, generator=g)
+    action = torch.randn(B, T, c.action_dim, generator=g)
+    return visual, proprio, action
+
+
+# ------------------------------------------------------------------------------------ structure
+def test_shapes_and_default_sizes():
+    cfg = WorldModelConfig.for_env("pusht")
+    assert (cfg.num_patches, cfg.latent_dim, cfg.pred_dim, cfg.num_hist) == (16, 138, 148, 3)
+    model = WorldModel(cfg)
+    blk = model.predictor.blocks[0]
+    assert (blk.attn.qkv.in_features, blk.attn.qkv.out_features) == (148, 384)
+    assert (blk.attn.proj.in_features, blk.attn.proj.out_features) == (128, 148)
+    visual, proprio, action = random_inputs(model, B=2, T=3)
+    z = model.encode(visual, proprio)
+    assert z.shape == (2, 3, 16, 138)
+    assert model.predict(z, action).shape == (2, 3, 16, 138)
+    assert model.rollout(z[:, :1], action).shape == (2, 3, 16, 138)
+    assert model.decode(z).shape == (2, 3, 3, 64, 64)
+    assert model.predictor_flops(1) > 0
+
+
+def test_blocks_hold_only_the_four_linears():
+    model = tiny_model()
+    for part in (model.encoder, model.predictor):
+        for block in part.blocks:
+            assert isinstance(block, Block)
+            names = {n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+            assert names == {"attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"}
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert all(".blocks." in n for n in linears)  # embeddings and decoder are not Linear
+
+
+def test_block_causal_mask():
+    mask = block_causal_mask(3, 2, "cpu")
+    frame = torch.arange(6) // 2
+    assert torch.equal(mask, frame[:, None] >= frame[None, :])
+    assert block_causal_mask(1, 16, "cpu") is None
+
+
+def test_later_frames_never_change_earlier_outputs():
+    model = tiny_model()
+    visual, proprio, action = random_inputs(model, T=3)
+    z = model.encode(visual, proprio)
+    out = model.predict(z, action)
+    z2, a2 = z.clone(), action.clone()
+    z2[:, 2] += torch.randn_like(z2[:, 2])
+    a2[:, 1:] += 1.0
+    out2 = model.predict(z2, a2)
+    torch.testing.assert_close(out2[:, 0], out[:, 0], rtol=0, atol=1e-6)
+    assert not torch.allclose(out2[:, 1], out[:, 1])  # frame 1's own action changed
+
+
+def test_rollout_equals_manual_predict_calls():
+    model = tiny_model()  # num_hist 3: the window grows 2 -> 3, then slides
+    visual, proprio, _ = random_inputs(model, T=2)
+    z_hist = model.encode(visual, proprio)
+    g = torch.Generator().manual_seed(1)
+    hist_actions = torch.randn(3, 1, 10, generator=g)
+    actions = torch.randn(3, 4, 10, generator=g)
+    with torch.inference_mode():
+        rolled = model.rollout(z_hist, actions, hist_actions=hist_actions)
+    frames, acts = list(z_hist.unbind(1)), torch.cat([hist_actions, actions], 1)
+    for _ in range(4):
+        end = len(frames)
+        start = max(0, end - 3)
+        frames.append(model.predict(torch.stack(frames[start:end], 1), acts[:, start:end])[:, -1])
+    torch.testing.assert_close(rolled, torch.stack(frames[2:], 1), rtol=1e-5, atol=1e-5)
+
+
+def test_rollout_single_frame_history_wall():
+    model = tiny_model("wall")
+    visual, proprio, action = random_inputs(model, T=1)
+    z = model.encode(visual, proprio)
+    actions = torch.randn(3, 2, 10)
+    rolled = model.rollout(z, actions)
+    step1 = model.predict(z, actions[:, :1])
+    step2 = model.predict(step1, actions[:, 1:2])
+    torch.testing.assert_close(rolled, torch.cat([step1, step2], 1))
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny_model(seed=3)
+    model.set_normalization(torch.full((10,), 0.5), torch.full((10,), 2.0),
+                            torch.arange(4.0), torch.full((4,), 3.0))
+    path = save(model, tmp_path / "m.pt", steps=7)
+    loaded = load(path)
+    assert loaded.meta["steps"] == 7 and "commit" in loaded.meta
+    assert loaded.config == model.config
+    visual, proprio, action = random_inputs(model)
+    for m in (model, loaded):
+        m.out = m.predict(m.encode(visual, proprio), m.normalize_action(action))
+    assert torch.equal(model.out, loaded.out)
+    raw = torch.load(path, weights_only=True)
+    assert isinstance(raw["config"], dict)
+
+
+def test_missing_checkpoint_names_path_and_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="quantwm train"):
+        load(tmp_path / "nope.pt")
+
+
+def test_same_seed_same_model():
+    a, b = tiny_model(seed=5), tiny_model(seed=5)
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), na
+
+
+def test_device_parameter_cpu():
+    model = load_after_save_on("cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert block_causal_mask(2, 4, torch.device("cpu")).device.type == "cpu"
+
+
+def load_after_save_on(device: str) -> WorldModel:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return load(save(tiny_model(), f"{d}/m.pt"), device=device)
+
+
+def test_bad_inputs_raise_value_error():
+    model = tiny_model()
+    visual, proprio, action = random_inputs(model, T=3)
+    with pytest.raises(ValueError, match="visual"):
+        model.encode(visual[:, :, :, :16], proprio)
+    with pytest.raises(ValueError, match="proprio"):
+        model.encode(visual, proprio[..., :1])
+    z = model.encode(visual, proprio)
+    with pytest.raises(ValueError, match="frames"):
+        model.predict(torch.cat([z, z], 1), torch.cat([action, action], 1))
+    with pytest.raises(ValueError, match="action"):
+        model.predict(z, action[..., :4])
+    with pytest.raises(ValueError, match="hist_actions"):
+        model.rollout(z[:, :2], action)
+    with pytest.raises(ValueError, match="unknown environment"):
+        WorldModelConfig.for_env("maze")
+
+
+# ------------------------------------------------------------------------------------- training
+def test_training_reduces_loss_and_is_deterministic(tmp_path):
+    data = DotWindows(256, num_frames=4, proprio_dim=4)
+
+    def run(seed: int) -> tuple[WorldModel, dict, dict]:
+        model = tiny_model(seed=seed)
+        model.set_normalization(**dataset_stats(data, n=128))
+        pre = pretrain_encoder(model, {"dots": DotFrames()}, max_steps=15, batch_size=16,
+                               log_every=1, seed=seed, quiet=True)
+        before = evaluate_dynamics(model, data, n=64)
+        summary = train_dynamics(model, data, data, max_steps=40, batch_size=16, lr=2e-3,
+                                 seed=seed, quiet=True, log_every=5)
+        return model, pre, {"before": before, **summary}
+
+    m1, pre1, s1 = run(0)
+    assert pre1["history"][-1]["recon"] < pre1["history"][0]["recon"]
+    assert s1["val"]["z_loss"] < 0.7 * s1["before"]["z_loss"]
+    assert all(not p.requires_grad for p in m1.encoder.parameters())
+    m2, _, s2 = run(0)
+    assert s2["val"] == s1["val"]
+    for (name, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(p1, p2), name
+
+
+def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
+    import quantwm.model.train as train
+
+    data = DotWindows(64, num_frames=2, proprio_dim=2)
+
+    def fresh() -> WorldModel:
+        model = tiny_model("wall", seed=1)
+        model.set_normalization(**dataset_stats(data, n=64))
+        return model
+
+    kw = dict(max_steps=6, batch_size=8, seed=0, quiet=True, ckpt_minutes=0.0)
+    full = fresh()
+    train_dynamics(full, data, **kw)
+
+    real_collate, calls = train.collate, []
+
+    def interrupted_collate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_collate(*args, **kwargs)
+
+    state = tmp_path / "state.pt"
+    monkeypatch.setattr(train, "collate", interrupted_collate)
+    with pytest.raises(KeyboardInterrupt):
+        train_dynamics(fresh(), data, state_path=state, **kw)
+    monkeypatch.setattr(train, "collate", real_collate)
+    resumed = fresh()
+    s = train_dynamics(resumed, data, state_path=state, resume=True, **kw)
+    assert s["steps"] == 6
+    for (name, p1), p2 in zip(full.state_dict().items(), resumed.state_dict().values(),
+                              strict=True):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_dynamics_losses_checks_window_length():
+    model = tiny_model("wall")
+    data = DotWindows(4, num_frames=3, proprio_dim=2)
+    from quantwm.model.train import collate
+
+    with pytest.raises(ValueError, match="num_hist"):
+        dynamics_losses(model, collate(data, np.arange(2), "cpu"))
