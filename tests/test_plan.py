@@ -94,10 +94,12 @@ class ToyPredictor(nn.Module):
 
 
 class ToyWorldModel(nn.Module):
-    """The WorldModel methods the planner uses, with exactly the PointEnv's dynamics."""
+    """The WorldModel methods the planner uses, with exactly the PointEnv's dynamics (or, with
+    ``gain=2, action_high=2``, the real Wall env's dynamics away from walls)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gain: float = GAIN, action_high: float = 1.0) -> None:
         super().__init__()
+        self.gain, self.action_high = gain, action_high
         self.config = SimpleNamespace(img_size=8, frameskip=FRAMESKIP, action_dim=2 * FRAMESKIP,
                                       proprio_emb_dim=10, num_hist=1)
         proj = torch.randn(2, 10, generator=torch.Generator().manual_seed(0)) / 4
@@ -120,8 +122,9 @@ class ToyWorldModel(nn.Module):
         z = z_hist[:, -1]
         frames = []
         for k in range(actions.shape[1]):
-            raw = self.denormalize_action(actions[:, k]).view(-1, FRAMESKIP, 2).clamp(-1, 1)
-            delta = (GAIN * raw.sum(1))[:, None, :].expand(-1, N_PATCHES, -1)
+            raw = self.denormalize_action(actions[:, k]).view(-1, FRAMESKIP, 2)
+            raw = raw.clamp(-self.action_high, self.action_high)
+            delta = (self.gain * raw.sum(1))[:, None, :].expand(-1, N_PATCHES, -1)
             z = self.predictor(torch.cat([z, delta], dim=-1))
             frames.append(z)
         return torch.stack(frames, 1)
@@ -245,6 +248,18 @@ def test_success_bookkeeping() -> None:
     assert res.success_at(0) == res.success_by_round[:, 0].mean()
     with pytest.raises(ValueError, match="iters"):
         res.success_at(FAST.mpc_rounds + 1)
+
+
+def test_planner_reaches_goal_in_real_wall_env() -> None:
+    """The true-state toy (latent = position) steers the real Wall env within one room."""
+    pytest.importorskip("quantwm.envs.wall")
+    starts = np.array([[10.0, 12.0], [40.0, 50.0], [15.0, 45.0]])
+    goals = np.array([[30.0, 40.0], [52.0, 20.0], [25.0, 15.0]])
+    params = {"wall_x": np.array([44.0, 30.0, 44.0]), "door_y": np.array([32.0, 20.0, 40.0])}
+    eps = Episodes("wall", starts, goals, ["w0", "w1", "w2"], params)
+    res = plan_episodes(ToyWorldModel(gain=2.0, action_high=2.0), eps, FAST, progress=False)
+    assert res.success_at(FAST.mpc_rounds) == 1.0
+    assert np.all(res.goal_distance[np.arange(3), res.rounds_run - 1] < 4.5)
 
 
 def test_record_calibration_roundtrip(tmp_path) -> None:
