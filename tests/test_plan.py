@@ -285,3 +285,12 @@ def test_cli_arguments() -> None:
     cli.add_arguments(parser)
     args = parser.parse_args(["--env", "pusht", "--profile", "smoke", "--seed", "7"])
     assert (args.env, args.profile, args.seed, args.episodes) == ("pusht", "smoke", 7, 50)
+
+
+def test_wall_oracle_reaches_goal_in_the_same_room() -> None:
+    from quantwm.plan.oracle import plan_with_oracle
+
+    eps = Episodes("wall", np.array([[10.0, 12.0]]), np.array([[30.0, 40.0]]), ["o0"],
+                   {"wall_x": np.array([44.0]), "door_y": np.array([32.0])})
+    (res,) = plan_with_oracle(eps, FAST.replace(mpc_rounds=2))
+    assert res.success_at(2) == 1.0
