@@ -1,0 +1,148 @@
+"""Entry point: ``quantize(model, config, calibration) -> quantized copy``.
+
+For each part (``config.parts``: role -> submodule path) whose bits are not all float:
+
+1. find its blocks by layout (:mod:`quantwm.quant.blocks`);
+2. run the method, which may fold output-preserving transforms into the (copied) float part
+   and returns a weight plan per Linear (:mod:`quantwm.quant.context`);
+3. with static per-tensor activations, observe every quantized Linear's input min/max on the
+   calibration inputs (on the transformed float part);
+4. replace each of the block's Linears by a :class:`QuantLinear` (weight fake-quantized once).
+
+``calibration = {"encoder": [x, ...], "predictor": [x, ...]}``: for each role, the tensors the
+part received in recorded FP32 forwards (each called as ``part(x)``; shapes may differ beyond
+dim 0). RTN and OMSE weight-only need none; every other setting needs the quantized parts'.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantwm.quant import awq, omniquant, omse, rtn, smoothquant
+from quantwm.quant.blocks import DINO_WM_LAYOUT, BlockLayout, find_blocks, set_submodule
+from quantwm.quant.config import QuantConfig
+from quantwm.quant.context import MethodResult, PartContext, WeightPlan
+from quantwm.quant.linear import ActQuantizer, QuantLinear
+from quantwm.quant.observers import collect_input_stats
+
+METHOD_RUNNERS = {
+    "rtn": rtn.run,
+    "omse": omse.run,
+    "smoothquant": smoothquant.run,
+    "awq": awq.run,
+    "awq_ref": awq.run_ref,
+    "omniquant": omniquant.run,
+    "omniquant_ref": omniquant.run_ref,
+}
+DATA_FREE_METHODS = ("rtn", "omse")
+
+
+@dataclass
+class PartReport:
+    """What happened to one part: its path, blocks, Linears, calibration seconds, method info."""
+
+    path: str
+    n_blocks: int
+    n_linears: int
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QuantReport:
+    """Attached to a quantized model as ``model.quant_report``."""
+
+    config: QuantConfig
+    parts: dict[str, PartReport] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.parts.values())
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantConfig,
+    calibration: Mapping[str, Sequence[torch.Tensor]] | None = None,
+    layout: BlockLayout = DINO_WM_LAYOUT,
+) -> nn.Module:
+    """A quantized deep copy of ``model`` (the float model is left untouched).
+
+    The copy is in eval mode and carries a :class:`QuantReport` as ``quant_report``.
+    Raises ``ValueError`` when a part has no blocks of ``layout`` or lacks calibration inputs.
+    """
+    config.validate()
+    qmodel = copy.deepcopy(model).eval()
+    report = QuantReport(config)
+    for role, path in config.parts.items():
+        bits = config.bits(role)
+        if bits.is_float:
+            continue
+        part = _get_part(qmodel, role, path)
+        blocks = find_blocks(part, layout)
+        if not blocks:
+            raise ValueError(f"part {role!r} ({path!r}) has no blocks with the layout {layout}")
+        inputs = _calibration_for(role, config, calibration)
+        ctx = PartContext(part, blocks, layout, inputs, bits, config)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            result = METHOD_RUNNERS[config.method](ctx)
+            _finalize(ctx, result)
+        report.parts[role] = PartReport(
+            path, len(blocks), len(ctx.linear_names()), time.perf_counter() - t0, result.info
+        )
+    qmodel.quant_report = report
+    return qmodel
+
+
+def _get_part(model: nn.Module, role: str, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError as err:
+        raise ValueError(f"model has no submodule {path!r} for part {role!r}") from err
+
+
+def _calibration_for(
+    role: str, config: QuantConfig, calibration: Mapping[str, Sequence[torch.Tensor]] | None
+) -> list[torch.Tensor]:
+    inputs = list((calibration or {}).get(role, []))
+    needs = config.method not in DATA_FREE_METHODS or config.bits(role).a < 16
+    if needs and not inputs:
+        raise ValueError(
+            f"method {config.method!r} with {role} {config.bits(role).label()} needs calibration "
+            f"inputs: pass calibration={{{role!r}: [tensor, ...]}}"
+        )
+    for i, x in enumerate(inputs):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"calibration[{role!r}][{i}] must be a tensor, got {type(x)}")
+    return inputs
+
+
+def _finalize(ctx: PartContext, result: MethodResult) -> None:
+    """Replace every quantized Linear by a QuantLinear following its plan (steps 3-4)."""
+    cfg = ctx.config
+    names = ctx.linear_names()
+    stats = {}
+    if ctx.quantize_acts and cfg.act_granularity == "per_tensor":
+        modules = {n: ctx.part.get_submodule(n) for n in names}
+        stats = collect_input_stats(ctx.part, modules, ctx.stat_inputs())
+    for name in names:
+        plan = result.plans.get(name, WeightPlan())
+        act = None
+        if ctx.quantize_acts:
+            act = ActQuantizer(ctx.a_bits, cfg.act_granularity, cfg.a_symmetric)
+            if act.static:
+                act.set_range(stats[name].min, stats[name].max)
+        linear = ctx.part.get_submodule(name)
+        q = QuantLinear.from_linear(
+            linear, ctx.w_bits, w_group_size=cfg.w_group_size, w_symmetric=cfg.w_symmetric,
+            clip_ratio=plan.clip_ratio, w_qparams=plan.qparams, act=act,
+        )
+        set_submodule(ctx.part, name, q.to(linear.weight.device))
