@@ -1,1 +1,50 @@
-"""quantwm.data"""
+"""quantwm.data: trajectory datasets, train/val split, frame windows, episode sets.
+
+- ``make_trajectories(env_name, n_traj, n_steps, seed) -> Trajectories``; ``Trajectories.save``
+  / ``Trajectories.load`` (compressed npz, ``data/<env>/trajectories.npz``);
+  ``load_trajectories(env_name)`` reads the shipped file.
+- ``FrameWindows(trajs, split, num_frames, frameskip=5, img_size=64)``: a torch Dataset of
+  rendered frame windows (imported lazily: it needs torch).
+- ``evaluation_episodes(env_name, n=50, seed=0)``, ``calibration_episodes(env_name, n=50,
+  seed=1)`` -> ``EpisodeSet``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantwm.data.episodes import EpisodeSet, calibration_episodes, evaluation_episodes
+from quantwm.data.trajectories import (
+    DEFAULT_SEED,
+    DEFAULT_SIZES,
+    Trajectories,
+    default_path,
+    format_summary,
+    load_trajectories,
+    make_trajectories,
+    summarize,
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FrameWindows":
+        from quantwm.data.windows import FrameWindows
+
+        return FrameWindows
+    raise AttributeError(f"module 'quantwm.data' has no attribute {name!r}")
+
+
+__all__ = [
+    "DEFAULT_SEED",
+    "DEFAULT_SIZES",
+    "EpisodeSet",
+    "FrameWindows",
+    "Trajectories",
+    "calibration_episodes",
+    "default_path",
+    "evaluation_episodes",
+    "format_summary",
+    "load_trajectories",
+    "make_trajectories",
+    "summarize",
+]

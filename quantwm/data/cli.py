@@ -1,0 +1,56 @@
+"""``quantwm data``: make a trajectory dataset, or show the summary of one.
+
+quantwm data make --env wall|pusht [--seed S] [--out PATH] [--n-traj N] [--n-steps T]
+quantwm data show --env wall|pusht [--path PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from quantwm.utils import ENV_NAMES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    make = sub.add_parser("make", help="generate trajectories and write them as compressed npz")
+    make.add_argument("--env", required=True, choices=ENV_NAMES)
+    make.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    make.add_argument(
+        "--out", default=None, help="output file (default data/<env>/trajectories.npz)"
+    )
+    make.add_argument("--n-traj", type=int, default=None, help="trajectories (default per env)")
+    make.add_argument("--n-steps", type=int, default=None, help="steps per trajectory")
+    make.add_argument("--quiet", action="store_true", help="no progress bar")
+    show = sub.add_parser("show", help="print the summary of a trajectory file")
+    show.add_argument("--env", required=True, choices=ENV_NAMES)
+    show.add_argument("--path", default=None, help="file (default data/<env>/trajectories.npz)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from quantwm.data.trajectories import (
+        DEFAULT_SEED,
+        format_summary,
+        load_trajectories,
+        make_trajectories,
+        summarize,
+    )
+
+    if args.action == "make":
+        seed = DEFAULT_SEED if args.seed is None else args.seed
+        start = time.perf_counter()
+        trajs = make_trajectories(
+            args.env, args.n_traj, args.n_steps, seed=seed, progress=not args.quiet
+        )
+        path = trajs.save(args.out)
+        summary = summarize(trajs)
+        summary["file"] = f"{path} ({path.stat().st_size / 1e6:.2f} MB)"
+        summary["total_seconds"] = round(time.perf_counter() - start, 1)
+        print(format_summary(summary))
+        return 0
+    trajs = load_trajectories(args.env, args.path)
+    summary = summarize(trajs)
+    summary["commit"] = trajs.meta.get("commit")
+    print(format_summary(summary))
+    return 0

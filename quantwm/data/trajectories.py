@@ -1,0 +1,248 @@
+"""Trajectory datasets: generate, split by trajectory, save/load as compressed npz, summarise.
+
+A ``Trajectories`` holds states and actions only (no images; frames are rendered from states on
+demand, see ``quantwm.data.windows``). Files live under ``data/<env>/trajectories.npz``.
+
+Values are rounded to float32 when generated (states, actions; 1e-4 px at the scale of the
+worlds) and held as float64: the file then stores float32, stays small, and a loaded dataset is
+bit-for-bit the generated one.
+
+Seeding: ``SeedSequence(seed)`` spawns one stream for the trajectories and one for the
+train/validation split, so the same seed always gives the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantwm.envs import PROPRIO_DIM, STATE_DIM, proprio_of
+from quantwm.utils import DATA_DIR, atomic_path, check_env_name, git_commit
+
+#: default dataset sizes (trajectories, steps): Wall as PROTOCOL section 4; PushT sized for a
+#: world model trained ~30 min on 2 cores (about 66k training windows of 4 frames x frameskip 5)
+DEFAULT_SIZES: dict[str, tuple[int, int]] = {"wall": (1920, 50), "pusht": (1200, 80)}
+DEFAULT_SEED = 0
+VAL_FRACTION = 0.1
+SPLITS = ("train", "val")
+
+
+def default_path(env_name: str) -> Path:
+    """``data/<env>/trajectories.npz`` (under ``QUANTWM_DATA`` when that is set)."""
+    return DATA_DIR / check_env_name(env_name) / "trajectories.npz"
+
+
+@dataclass
+class Trajectories:
+    """Trajectories of one env: states (N, T+1, S), actions (N, T, 2), per-trajectory params.
+
+    ``split`` (N,) holds "train" or "val" per trajectory; ``params`` maps each episode parameter
+    (Wall: wall_x, door_y; PushT: none) to an (N,) array; ``meta`` records how it was made.
+    """
+
+    env_name: str
+    states: np.ndarray
+    actions: np.ndarray
+    params: dict[str, np.ndarray]
+    split: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.env_name = check_env_name(self.env_name)
+        self.states = np.asarray(self.states, dtype=np.float64)
+        self.actions = np.asarray(self.actions, dtype=np.float64)
+        self.split = np.asarray(self.split).astype("U5")
+        self.params = {k: np.asarray(v, dtype=np.float64) for k, v in self.params.items()}
+        n, t1, s = self.states.shape
+        if s != STATE_DIM[self.env_name]:
+            raise ValueError(
+                f"{self.env_name} states need {STATE_DIM[self.env_name]} dims, got {s}"
+            )
+        if self.actions.shape != (n, t1 - 1, 2):
+            raise ValueError(f"actions must have shape {(n, t1 - 1, 2)}, got {self.actions.shape}")
+        if self.split.shape != (n,) or not np.isin(self.split, SPLITS).all():
+            raise ValueError(f"split must be (N,) of {SPLITS}, got {np.unique(self.split)}")
+        for k, v in self.params.items():
+            if v.shape != (n,):
+                raise ValueError(f"param {k!r} must have shape ({n},), got {v.shape}")
+
+    @property
+    def n_traj(self) -> int:
+        return self.states.shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        return self.actions.shape[1]
+
+    def indices(self, split: str) -> np.ndarray:
+        """Trajectory indices of ``split`` ("train", "val" or "all")."""
+        if split == "all":
+            return np.arange(self.n_traj)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {(*SPLITS, 'all')}, got {split!r}")
+        return np.flatnonzero(self.split == split)
+
+    def episode_params(self, i: int) -> dict[str, float]:
+        """Episode parameters of trajectory ``i`` (reset options besides the state)."""
+        return {k: float(v[i]) for k, v in self.params.items()}
+
+    def proprio(self) -> np.ndarray:
+        """Proprio (N, T+1, P) float32 of every state."""
+        return proprio_of(self.env_name, self.states)
+
+    def stats(self, split: str = "train") -> dict[str, np.ndarray]:
+        """Mean and std of the raw actions (2,) and the proprio (P,) over ``split``."""
+        idx = self.indices(split)
+        act = self.actions[idx].reshape(-1, 2)
+        pro = proprio_of(self.env_name, self.states[idx]).reshape(-1, PROPRIO_DIM[self.env_name])
+        return {
+            "action_mean": act.mean(0),
+            "action_std": act.std(0),
+            "proprio_mean": pro.mean(0).astype(np.float64),
+            "proprio_std": pro.std(0).astype(np.float64),
+        }
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write a compressed npz atomically (default ``data/<env>/trajectories.npz``)."""
+        path = Path(path) if path is not None else default_path(self.env_name)
+        arrays = {
+            "states": self.states.astype(np.float32),
+            "actions": self.actions.astype(np.float32),
+            "split": self.split,
+            "meta": np.array(json.dumps({"env_name": self.env_name, **self.meta}, sort_keys=True)),
+        }
+        arrays.update({f"param_{k}": v for k, v in self.params.items()})
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trajectories:
+        """Read a file written by ``save`` (no pickles)."""
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"no trajectory file at {path}; make one with `quantwm data make`")
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            params = {k[len("param_") :]: z[k] for k in z.files if k.startswith("param_")}
+            env_name = meta.pop("env_name")
+            return cls(env_name, z["states"], z["actions"], params, z["split"], meta)
+
+
+def _round32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
+
+
+def make_trajectories(
+    env_name: str,
+    n_traj: int | None = None,
+    n_steps: int | None = None,
+    seed: int = DEFAULT_SEED,
+    val_fraction: float = VAL_FRACTION,
+    progress: bool = False,
+) -> Trajectories:
+    """Generate a seeded dataset for ``env_name`` (sizes default to ``DEFAULT_SIZES``).
+
+    Wall: random walks with a persistent heading (``quantwm.data.wall_data``); PushT: scripted
+    noisy pushes (``quantwm.data.pusht_data``). ``val_fraction`` of the trajectories (at least
+    one) form the validation split, chosen at random.
+    """
+    env_name = check_env_name(env_name)
+    d_traj, d_steps = DEFAULT_SIZES[env_name]
+    n_traj = d_traj if n_traj is None else int(n_traj)
+    n_steps = d_steps if n_steps is None else int(n_steps)
+    if n_traj < 2 or n_steps < 1:
+        raise ValueError(
+            f"need n_traj >= 2 and n_steps >= 1, got n_traj={n_traj}, n_steps={n_steps}"
+        )
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    gen_seq, split_seq = np.random.SeedSequence(int(seed)).spawn(2)
+    rng = np.random.default_rng(gen_seq)
+    start = time.perf_counter()
+    if env_name == "wall":
+        from quantwm.data.wall_data import generate_wall
+
+        states, actions, params = generate_wall(n_traj, n_steps, rng)
+        generator = "quantwm.data.wall_data.generate_wall"
+    else:
+        from quantwm.data.pusht_data import generate_pusht
+
+        states, actions = generate_pusht(n_traj, n_steps, rng, progress=progress)
+        params = {}
+        generator = "quantwm.data.pusht_data.generate_pusht"
+    seconds = time.perf_counter() - start
+    n_val = min(n_traj - 1, max(1, round(val_fraction * n_traj)))
+    split = np.full(n_traj, "train", dtype="U5")
+    split[np.random.default_rng(split_seq).permutation(n_traj)[:n_val]] = "val"
+    meta = {
+        "seed": int(seed),
+        "n_traj": n_traj,
+        "n_steps": n_steps,
+        "val_fraction": val_fraction,
+        "generator": generator,
+        "generation_seconds": round(seconds, 2),
+        "commit": git_commit(),
+    }
+    return Trajectories(env_name, _round32(states), _round32(actions), params, split, meta)
+
+
+def load_trajectories(env_name: str, path: str | Path | None = None) -> Trajectories:
+    """The dataset at ``path`` (default: the shipped ``data/<env>/trajectories.npz``)."""
+    traj = Trajectories.load(path if path is not None else default_path(env_name))
+    if traj.env_name != check_env_name(env_name):
+        raise ValueError(f"{path} holds {traj.env_name} trajectories, not {env_name}")
+    return traj
+
+
+def summarize(traj: Trajectories) -> dict[str, Any]:
+    """Plain numbers that describe a dataset (printed by ``quantwm data make/show``)."""
+    out: dict[str, Any] = {
+        "env": traj.env_name,
+        "trajectories": traj.n_traj,
+        "steps": traj.n_steps,
+        "train": int((traj.split == "train").sum()),
+        "val": int((traj.split == "val").sum()),
+        "seed": traj.meta.get("seed"),
+        "generation_seconds": traj.meta.get("generation_seconds"),
+    }
+    stats = traj.stats("train")
+    out["action_mean"] = np.round(stats["action_mean"], 4).tolist()
+    out["action_std"] = np.round(stats["action_std"], 4).tolist()
+    out["action_abs_max"] = float(np.round(np.abs(traj.actions).max(), 4))
+    out["proprio_mean"] = np.round(stats["proprio_mean"], 3).tolist()
+    out["proprio_std"] = np.round(stats["proprio_std"], 3).tolist()
+    if traj.env_name == "wall":
+        from quantwm.data.wall_data import crossed_wall
+
+        step = np.linalg.norm(np.diff(traj.states, axis=1), axis=-1)
+        intended = 2.0 * np.linalg.norm(traj.actions, axis=-1)
+        out["fraction_through_door"] = round(
+            float(crossed_wall(traj.states, traj.params["wall_x"]).mean()), 3
+        )
+        out["fraction_steps_blocked"] = round(float((step < 0.5 * intended).mean()), 3)
+        for k in ("wall_x", "door_y"):
+            out[f"{k}_range"] = [float(traj.params[k].min()), float(traj.params[k].max())]
+    else:
+        from quantwm.data.pusht_data import block_moved
+
+        moved = block_moved(traj.states)
+        out["fraction_steps_block_moves"] = round(float(moved.mean()), 3)
+        out["block_step_px_when_moving"] = round(
+            float(np.linalg.norm(np.diff(traj.states[..., 2:4], axis=1), axis=-1)[moved].mean()), 2
+        )
+        d25 = np.linalg.norm(traj.states[:, 25:, :4] - traj.states[:, :-25, :4], axis=-1)
+        out["median_25_step_change_px"] = round(float(np.median(d25)), 1) if d25.size else None
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """``summarize`` output as aligned ``key: value`` lines."""
+    width = max(len(k) for k in summary)
+    return "\n".join(f"{k:<{width}} : {v}" for k, v in summary.items())

@@ -1,0 +1,275 @@
+"""Properties of the datasets, frame windows, episode sets and the data CLI (fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quantwm import envs
+from quantwm.cli import main
+from quantwm.data import (
+    FrameWindows,
+    Trajectories,
+    calibration_episodes,
+    default_path,
+    evaluation_episodes,
+    load_trajectories,
+    make_trajectories,
+    summarize,
+)
+from quantwm.data.pusht_data import block_moved
+from quantwm.data.wall_data import crossed_wall
+from quantwm.envs.pusht import pusht_step, tee_corners
+from quantwm.envs.wall import wall_is_free, wall_step
+
+
+@pytest.fixture(scope="module")
+def small() -> dict[str, Trajectories]:
+    return {
+        "wall": make_trajectories("wall", 60, 30, seed=3),
+        "pusht": make_trajectories("pusht", 24, 40, seed=3),
+    }
+
+
+# ---- trajectories ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "s"), [("wall", 2), ("pusht", 7)])
+def test_shapes_split_and_determinism(small: dict, name: str, s: int) -> None:
+    tr = small[name]
+    n, t = tr.n_traj, tr.n_steps
+    assert tr.states.shape == (n, t + 1, s) and tr.actions.shape == (n, t, 2)
+    assert set(tr.params) == ({"wall_x", "door_y"} if name == "wall" else set())
+    train, val = tr.indices("train"), tr.indices("val")
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == n
+    assert len(val) == round(0.1 * n)
+    again = make_trajectories(name, n, t, seed=3)
+    np.testing.assert_array_equal(again.states, tr.states)
+    np.testing.assert_array_equal(again.split, tr.split)
+    other = make_trajectories(name, n, t, seed=4)
+    assert not np.array_equal(other.states, tr.states)
+
+
+@pytest.mark.parametrize("name", ["wall", "pusht"])
+def test_save_load_round_trip(small: dict, name: str, tmp_path) -> None:
+    tr = small[name]
+    path = tr.save(tmp_path / name / "t.npz")
+    back = Trajectories.load(path)
+    np.testing.assert_array_equal(back.states, tr.states)
+    np.testing.assert_array_equal(back.actions, tr.actions)
+    np.testing.assert_array_equal(back.split, tr.split)
+    assert back.params.keys() == tr.params.keys()
+    assert back.meta["seed"] == 3 and back.env_name == name
+
+
+def test_wall_trajectories_follow_the_dynamics(small: dict) -> None:
+    tr = small["wall"]
+    wx, dy = tr.params["wall_x"], tr.params["door_y"]
+    assert set(np.unique(wx)) <= set(range(20, 45)) and set(np.unique(dy)) <= set(range(10, 55))
+    step = np.linalg.norm(tr.actions, axis=-1)
+    assert step.min() >= 0.2 - 1e-6 and step.max() <= 1.8 + 1e-6
+    for t in range(tr.n_steps):
+        nxt = wall_step(tr.states[:, t], tr.actions[:, t], wx, dy)
+        np.testing.assert_allclose(nxt, tr.states[:, t + 1], atol=1e-4)
+    flat = tr.states.reshape(-1, 2)
+    t1 = tr.n_steps + 1
+    assert wall_is_free(flat, np.repeat(wx, t1), np.repeat(dy, t1)).all()
+    assert crossed_wall(tr.states, wx).mean() > 0.1  # the door gets used
+
+
+def test_pusht_trajectories_push_the_block(small: dict) -> None:
+    tr = small["pusht"]
+    assert block_moved(tr.states).mean() > 0.5
+    corners = tee_corners(tr.states[..., 2:5])
+    assert corners.min() > 4.0 and corners.max() < 508.0
+    assert np.abs(tr.actions).max() <= 1.0
+    for i in range(3):  # recorded states follow from the recorded actions (Markov env)
+        nxt = pusht_step(tr.states[i, 10], tr.actions[i, 10])
+        np.testing.assert_allclose(nxt, tr.states[i, 11], atol=1e-3)
+
+
+def test_summary_reports_what_the_data_does(small: dict) -> None:
+    w, p = summarize(small["wall"]), summarize(small["pusht"])
+    assert 0.0 < w["fraction_through_door"] <= 1.0
+    assert p["fraction_steps_block_moves"] > 0.5
+
+
+def test_bad_dataset_requests() -> None:
+    with pytest.raises(ValueError, match="n_traj"):
+        make_trajectories("wall", 1, 10)
+    with pytest.raises(ValueError, match="unknown environment"):
+        make_trajectories("maze", 10, 10)
+    with pytest.raises(ValueError, match="no trajectory file"):
+        Trajectories.load("/nonexistent/trajectories.npz")
+    with pytest.raises(ValueError, match="split"):
+        make_trajectories("wall", 4, 5).indices("test")
+
+
+# ---- the shipped files -------------------------------------------------------------------------
+def test_shipped_datasets_are_reproducible_from_their_seed() -> None:
+    wall = load_trajectories("wall")
+    assert (wall.n_traj, wall.n_steps, wall.meta["seed"]) == (1920, 50, 0)
+    fresh = make_trajectories("wall", seed=0)
+    np.testing.assert_array_equal(fresh.states, wall.states)
+    np.testing.assert_array_equal(fresh.split, wall.split)
+    pusht = load_trajectories("pusht")
+    assert (pusht.n_traj, pusht.n_steps, pusht.meta["seed"]) == (1200, 80, 0)
+    # trajectories are generated one after another from one stream: a prefix regenerates
+    head = make_trajectories("pusht", 2, 80, seed=0)
+    np.testing.assert_array_equal(head.states, pusht.states[:2])
+    assert default_path("pusht").stat().st_size < 5e6
+
+
+# ---- frame windows -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "p"), [("wall", 2), ("pusht", 4)])
+def test_frame_windows(small: dict, name: str, p: int) -> None:
+    tr = small[name]
+    fw = FrameWindows(tr, "train", num_frames=3, frameskip=5, img_size=32)
+    n_train = len(tr.indices("train"))
+    assert len(fw) == n_train * (tr.n_steps - 15 + 1)
+    item = fw[len(fw) - 1]
+    assert item["visual"].shape == (3, 3, 32, 32) and item["visual"].dtype == torch.float32
+    assert 0.0 <= item["visual"].min() and item["visual"].max() <= 1.0
+    assert item["proprio"].shape == (3, p) and item["action"].shape == (3, 10)
+    # window k: frames at t0, t0 + 5, t0 + 10; action row j = raw actions t0+5j .. t0+5j+4
+    k = 7
+    row, t0 = fw.windows[k]
+    i = fw.traj_idx[row]
+    item = fw[k]
+    frames = envs.render_states(
+        name, tr.states[i, [t0, t0 + 5, t0 + 10]], 32, **{key: v[i] for key, v in tr.params.items()}
+    )
+    np.testing.assert_array_equal((item["visual"] * 255).round().byte().permute(0, 2, 3, 1), frames)
+    np.testing.assert_array_equal(
+        item["action"][1].numpy(), tr.actions[i, t0 + 5 : t0 + 10].reshape(-1).astype(np.float32)
+    )
+    np.testing.assert_array_equal(
+        item["proprio"][2].numpy(), envs.proprio_of(name, tr.states[i, t0 + 10])
+    )
+    # the cache and on-demand rendering agree; batch == stacked items
+    lazy = FrameWindows(tr, "train", num_frames=3, frameskip=5, img_size=32, cache=False)
+    b, b_lazy = fw.batch([0, 5, k]), lazy.batch([0, 5, k])
+    for key in b:
+        torch.testing.assert_close(b[key], b_lazy[key], rtol=0, atol=0)
+        torch.testing.assert_close(b[key][2], item[key], rtol=0, atol=0)
+    assert fw.stats()["action_mean"].shape == (10,)
+    val = FrameWindows(tr, "val", num_frames=3, cache=False)
+    assert set(tr.split[fw.traj_idx]) == {"train"} and set(tr.split[val.traj_idx]) == {"val"}
+
+
+def test_frame_windows_bad_arguments(small: dict) -> None:
+    tr = small["wall"]
+    with pytest.raises(ValueError, match="does not fit"):
+        FrameWindows(tr, "train", num_frames=10, frameskip=5, cache=False)
+    with pytest.raises(ValueError, match="num_frames"):
+        FrameWindows(tr, "train", num_frames=0, cache=False)
+    with pytest.raises(ValueError, match="split"):
+        FrameWindows(tr, "test", num_frames=2, cache=False)
+    with pytest.raises(IndexError):
+        FrameWindows(tr, "val", num_frames=2, cache=False)[10**6]
+
+
+# ---- episode sets ------------------------------------------------------------------------------
+def _pairs(eps) -> set[bytes]:
+    return {
+        np.concatenate([s, g]).tobytes()
+        for s, g in zip(eps.start_states, eps.goal_states, strict=True)
+    }
+
+
+@pytest.mark.parametrize("name", ["wall", "pusht"])
+def test_episode_sets_are_deterministic_and_disjoint(name: str) -> None:
+    ev, ca = evaluation_episodes(name), calibration_episodes(name)
+    assert len(ev) == len(ca) == 50
+    assert ev.start_states.shape == ev.goal_states.shape == (50, envs.STATE_DIM[name])
+    again = evaluation_episodes(name)
+    np.testing.assert_array_equal(again.start_states, ev.start_states)
+    assert again.ids == ev.ids
+    assert not set(ev.ids) & set(ca.ids)
+    assert not _pairs(ev) & _pairs(ca)
+    same_seed = calibration_episodes(name, seed=0)  # even with the evaluation seed
+    assert not _pairs(ev) & _pairs(same_seed)
+    assert not ev.is_success(ev.start_states).any()  # nothing is solved before planning
+    assert ev.is_success(ev.goal_states).all()
+    env = envs.make(name)
+    obs, _ = env.reset(options=ev.reset_options(3))
+    np.testing.assert_array_equal(env.unwrapped.get_state(), ev.start_states[3])
+    goal_img = env.unwrapped.render_state(ev.goal_states[3], **ev.env_kwargs(3))
+    assert goal_img.shape == obs["visual"].shape
+    assert len(ev.subset(slice(0, 5))) == 5
+
+
+def test_wall_episodes_cross_the_wall() -> None:
+    ev = evaluation_episodes("wall", n=200, seed=5)
+    wx, dy = ev.params["wall_x"], ev.params["door_y"]
+    start_side = np.sign(ev.start_states[:, 0] - wx)
+    assert (start_side == -np.sign(ev.goal_states[:, 0] - wx)).all()
+    assert 0.3 < (start_side > 0).mean() < 0.7  # start on either side
+    assert (
+        wall_is_free(ev.start_states, wx, dy).all() and wall_is_free(ev.goal_states, wx, dy).all()
+    )
+    trajs = load_trajectories("wall")
+    val_layouts = {
+        (a, b)
+        for a, b in zip(
+            trajs.params["wall_x"][trajs.indices("val")],
+            trajs.params["door_y"][trajs.indices("val")],
+            strict=True,
+        )
+    }
+    assert {(a, b) for a, b in zip(wx, dy, strict=True)} <= val_layouts
+
+
+def test_pusht_goals_lie_25_steps_ahead_on_the_right_split() -> None:
+    trajs = load_trajectories("pusht")
+    for eps, split in (
+        (evaluation_episodes("pusht", n=20), "val"),
+        (calibration_episodes("pusht", n=20), "train"),
+    ):
+        for i, ep in enumerate(eps.ids):
+            traj, t0 = int(ep.split("/traj")[1][:4]), int(ep.split("/t")[-1])
+            assert trajs.split[traj] == split
+            np.testing.assert_array_equal(eps.start_states[i], trajs.states[traj, t0])
+            np.testing.assert_array_equal(eps.goal_states[i], trajs.states[traj, t0 + 25])
+    ev = evaluation_episodes("pusht", n=50)
+    assert len({e.rsplit("/", 1)[0] for e in ev.ids}) == 50  # one episode per val trajectory
+
+
+def test_bad_episode_requests() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        evaluation_episodes("wall", n=0)
+    with pytest.raises(ValueError, match="unknown environment"):
+        calibration_episodes("maze")
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+def test_cli_make_and_show(tmp_path, capsys) -> None:
+    out = tmp_path / "w.npz"
+    assert (
+        main(
+            [
+                "data",
+                "make",
+                "--env",
+                "wall",
+                "--seed",
+                "2",
+                "--n-traj",
+                "20",
+                "--n-steps",
+                "12",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "fraction_through_door" in text and str(out) in text
+    assert Trajectories.load(out).n_traj == 20
+    assert main(["data", "show", "--env", "wall", "--path", str(out)]) == 0
+    assert "trajectories" in capsys.readouterr().out
+    assert (
+        main(["data", "make", "--env", "wall", "--n-traj", "1", "--out", str(out), "--quiet"]) == 2
+    )
+    assert "n_traj" in capsys.readouterr().err
