@@ -11,8 +11,9 @@ Item: ``{"visual": float32 (num_frames, 3, H, W) in [0, 1], "proprio": float32 (
 normalises, see ``stats()``).
 
 Frames are rendered from states. With ``cache=True`` (the default) every frame of the split's
-trajectories is rendered once, vectorised, into one uint8 array (N x (T+1) x H x W x 3 bytes,
-e.g. ~1.0 GB for the 1728 Wall training trajectories at 64 px): items are then slices of it.
+trajectories is rendered once, vectorised, into one channel-first uint8 array
+(N x (T+1) x 3 x H x W bytes: ~1.1 GB for either env's training split at 64 px, built in
+~10-30 s on 2 cores): items are then slices of it.
 With ``cache=False`` each item renders its frames on demand (slower per item, no memory).
 ``batch(indices)`` assembles many items at once without per-item Python overhead.
 """
@@ -80,10 +81,15 @@ class FrameWindows(Dataset):
         return render_states(self.trajs.env_name, states, self.img_size, **params)
 
     def _render_all(self) -> np.ndarray:
-        n, t1 = len(self.traj_idx), self.trajs.n_steps + 1
-        rows = np.repeat(np.arange(n), t1)
-        times = np.tile(np.arange(t1), n)
-        return self._render_rows(rows, times).reshape(n, t1, self.img_size, self.img_size, 3)
+        """Every frame of the split, channel-first uint8 (n, T+1, 3, H, W), rendered in chunks."""
+        n, t1, size = len(self.traj_idx), self.trajs.n_steps + 1, self.img_size
+        out = np.empty((n, t1, 3, size, size), dtype=np.uint8)
+        per_chunk = max(1, 2048 // t1)
+        for start in range(0, n, per_chunk):
+            rows = np.arange(start, min(n, start + per_chunk))
+            frames = self._render_rows(np.repeat(rows, t1), np.tile(np.arange(t1), len(rows)))
+            out[rows] = frames.reshape(len(rows), t1, size, size, 3).transpose(0, 1, 4, 2, 3)
+        return out
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -103,16 +109,20 @@ class FrameWindows(Dataset):
         times = self._times(starts)
         b, t = times.shape
         if self._frames is not None:
-            frames = self._frames[rows[:, None], times]
+            frames = self._frames[rows[:, None], times]  # (B, T, 3, H, W), contiguous
         else:
             frames = self._render_rows(np.repeat(rows, t), times.reshape(-1))
-            frames = frames.reshape(b, t, self.img_size, self.img_size, 3)
-        visual = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div_(255.0)
+            frames = frames.reshape(b, t, self.img_size, self.img_size, 3).transpose(0, 1, 4, 2, 3)
+            frames = np.ascontiguousarray(frames)
+        # numpy, single-threaded: torch's thread pool is slower for this on a busy 2-core CPU
+        visual = frames.astype(np.float32)
+        visual *= np.float32(1.0 / 255.0)
+        visual = torch.from_numpy(visual)
         rows_t = torch.from_numpy(rows)
         proprio = self._proprio[rows_t[:, None], torch.from_numpy(times)]
         steps = torch.from_numpy(starts[:, None] + np.arange(t * self.frameskip)[None, :])
         action = self._actions[rows_t[:, None], steps].reshape(b, t, 2 * self.frameskip)
-        return {"visual": visual.contiguous(), "proprio": proprio, "action": action}
+        return {"visual": visual, "proprio": proprio, "action": action}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i = int(index)
