@@ -294,3 +294,18 @@ def test_bad_wall_states_and_layouts() -> None:
         envs.make("pusht").reset(options={"state": [600.0, 0, 0, 0, 0, 0, 0]})
     with pytest.raises(ValueError, match="table"):  # the T would stick out of the table
         envs.make("pusht").reset(options={"state": [300.0, 300, 256, 60, np.pi, 0, 0]})
+
+
+def test_random_resets_are_legal() -> None:
+    env = envs.make("pusht")
+    for seed in range(40):
+        env.reset(seed=seed)
+        state = env.unwrapped.get_state()
+        corners = tee_corners(state[2:5])
+        assert corners.min() >= 7.0 and corners.max() <= 504.0
+        assert pusht.tee_signed_distance(state[:2], state[2:5]) > pusht.AGENT_RADIUS
+    wall_env = envs.make("wall")
+    for seed in range(40):
+        wall_env.reset(seed=seed)
+        u = wall_env.unwrapped
+        assert wall_is_free(u.get_state()[None], u.wall_x, u.door_y)[0]

@@ -312,7 +312,8 @@ class PushTEnv(KitEnv):
     """Gymnasium env ``quantwm/PushT-v0`` (see the module docstring for physics and drawing).
 
     Without ``options["state"]``, reset draws the agent in [50, 450]^2, the block in [100, 400]^2
-    with a uniform angle (the reference's ranges), re-drawing until the agent is clear of the T.
+    with a uniform angle (the reference's ranges), re-drawing until the T lies inside the walls
+    and the agent is clear of it. A given state must have the T on the table ([0, 512]^2).
     The env holds only its 7-number state; each step simulates it with ``pusht_step``.
     """
 
@@ -343,6 +344,9 @@ class PushTEnv(KitEnv):
             agent = rng.uniform(50, 450, size=2)
             block = rng.uniform(100, 400, size=2)
             angle = rng.uniform(-np.pi, np.pi)
+            corners = tee_corners([*block, angle])
+            if corners.min() < _INNER_LO or corners.max() > _INNER_HI:
+                continue
             if tee_signed_distance(agent, [*block, angle]) > AGENT_RADIUS + 2.0:
                 return np.array([*agent, *block, angle, 0.0, 0.0])
 
