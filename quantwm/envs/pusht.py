@@ -9,8 +9,8 @@ of radius 2 on the lines 5 and 506; here they are thick static boxes with the sa
   (10 sub-steps of 0.01 s per ``step``).
 - Action: relative, ``target = agent_pos + 100 * action`` with the action clipped to ``[-1, 1]^2``;
   the target is then clipped to ``[22, 489]^2`` so the agent stays inside the walls. Held
-  constant, an action ``a`` moves the agent about ``40.7 * |a|`` px per step (after a first step
-of ``29.6 * |a|`` px from rest).
+  constant, an action ``a`` moves the agent about ``40.7 * |a|`` px per step (after a first
+  step of ``29.6 * |a|`` px from rest).
 - Block: a T of a 120 x 30 bar and a 30 x 90 stem, mass 1. Contacts are frictionless, which is
   what the reference effectively simulates: it writes ``friction = 1`` on the *bodies*, where
   pymunk does not read it, and leaves the shapes' friction at pymunk's default 0. In the
