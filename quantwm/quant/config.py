@@ -111,10 +111,6 @@ class QuantConfig:
             raise ValueError(f"unknown part role {role!r}; expected one of {ROLES}")
         return getattr(self, role)
 
-    @property
-    def effective_epochs(self) -> int:
-        return 0 if self.method == "omniquant_ref" else self.epochs
-
     def replace(self, **changes) -> QuantConfig:
         return dataclasses.replace(self, **changes)
 

@@ -32,7 +32,7 @@ class ActObserver:
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
-        ch_min, ch_max = torch.aminmax(x, dim=0)
+        ch_min, ch_max = x.amin(dim=0), x.amax(dim=0)
         absmax = torch.maximum(ch_max.abs(), ch_min.abs())
         abssum = x.abs().sum(dim=0)
         if self.count == 0:

@@ -196,7 +196,7 @@ def _wrap_block(
                 c.run(block)
         for g in ctx.layout.groups:
             x = torch.cat(rec[g.norm])
-            ch_min, ch_max = torch.aminmax(x, dim=0)
+            ch_min, ch_max = x.amin(dim=0), x.amax(dim=0)
             absmax = torch.maximum(ch_min.abs(), ch_max.abs())
             weights = [block.get_submodule(p).weight for p in g.linears]
             lets[g.norm] = Let(smooth_scale(absmax, weights, ctx.config.alpha),

@@ -159,14 +159,12 @@ def reduce_minmax(
     """Min and max of ``x`` over each block of ``granularity`` (reduced qparams shape)."""
     group_size = _check_granularity(granularity, group_size)
     if granularity == "per_tensor":
-        lo, hi = torch.aminmax(x)
-        return lo, hi
+        return x.amin(), x.amax()
     if granularity == "per_group":
         hi = group_view(x, group_size, float("-inf")).amax(dim=-1)
         lo = group_view(x, group_size, float("inf")).amin(dim=-1)
         return lo, hi
-    lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
-    return lo, hi
+    return x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
 
 
 def qparams_from_minmax(
