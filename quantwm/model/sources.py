@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantwm.envs import render_states
 from quantwm.utils import DATA_DIR, check_env_name
 
 
@@ -55,8 +56,6 @@ class EnvFrames:
 
     def __init__(self, env_name: str, trajs: Any, split: str = "train", img_size: int = 64
                  ) -> None:
-        from quantwm.envs import make
-
         self.env_name = check_env_name(env_name)
         sel = np.asarray(trajs.split) == split
         if not sel.any():
@@ -69,13 +68,12 @@ class EnvFrames:
         self.mean, self.std = feats.mean(0), feats.std(0) + 1e-6
         self.features = ((feats - self.mean) / self.std).astype(np.float32)
         self.num_features = feats.shape[1]
-        self.env = make(self.env_name, img_size=img_size).unwrapped
+        self.img_size = img_size
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = rng.integers(len(self.states), size=n)
-        render, params = self.env.render_state, self.params
-        images = np.stack([render(self.states[i], **{k: float(v[i]) for k, v in params.items()})
-                           for i in idx])  # (n, H, W, 3) uint8
+        images = render_states(self.env_name, self.states[idx], self.img_size,
+                               **{k: v[idx] for k, v in self.params.items()})  # (n, H, W, 3)
         images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
         return images, torch.from_numpy(self.features[idx])
 

@@ -67,7 +67,13 @@ Windows = Sequence[dict[str, Any]]  # FrameWindows or anything indexable the sam
 # -------------------------------------------------------------------------------------- helpers
 def collate(dataset: Windows, indices: np.ndarray, device: torch.device | str
             ) -> dict[str, torch.Tensor]:
-    """Stack ``dataset[i]`` for ``i in indices`` into a batch of tensors on ``device``."""
+    """Stack ``dataset[i]`` for ``i in indices`` into a batch of tensors on ``device``.
+
+    Uses the dataset's own vectorised ``batch(indices)`` when it has one (FrameWindows does).
+    """
+    if hasattr(dataset, "batch"):
+        return {k: torch.as_tensor(v).float().to(device)
+                for k, v in dataset.batch(np.asarray(indices)).items()}
     items = [dataset[int(i)] for i in indices]
     return {k: torch.stack([torch.as_tensor(it[k]) for it in items]).float().to(device)
             for k in items[0]}
@@ -173,7 +179,7 @@ def _loop(desc: str, step_fn: Callable[[int], dict[str, float]], *, budget: _Bud
 def pretrain_encoder(model: WorldModel, sources: dict[str, FrameSource], *,
                      minutes: float | None = None, max_steps: int | None = None,
                      batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05,
-                     recon_weight: float = 1.0, aux_weight: float = 0.05, aux_scale: float = 2.0,
+                     recon_weight: float = 1.0, aux_weight: float = 0.1, aux_scale: float = 2.0,
                      seed: int = 0, device: torch.device | str = "cpu",
                      state_path: str | os.PathLike | None = None, resume: bool = False,
                      ckpt_minutes: float = 2.0, log_every: int = 20, quiet: bool = False

@@ -47,7 +47,7 @@ class WorldModelConfig:
     action_dim: int = 10  # 2 x frameskip raw actions, concatenated
     num_hist: int = 1
     frameskip: int = 5
-    dec_width: int = 64
+    dec_width: int = 128
 
     @classmethod
     def for_env(cls, env: str, **overrides: Any) -> WorldModelConfig:
