@@ -86,7 +86,7 @@ def find_blocks(
     """``(name, block)`` of every block of ``part`` (in module order), outermost matches only."""
     found: list[tuple[str, nn.Module]] = []
     for name, m in part.named_modules():
-        if any(name.startswith(f"{b}.") for b, _ in found if b):
+        if any(b == "" or name.startswith(f"{b}.") for b, _ in found):
             continue
         if is_block(m, layout):
             found.append((name, m))
