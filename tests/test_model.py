@@ -174,6 +174,16 @@ def test_checkpoint_round_trip(tmp_path):
     assert isinstance(raw["config"], dict)
 
 
+def test_partial_checkpoint_keeps_only_its_parts(tmp_path):
+    model = tiny_model(seed=4)
+    loaded = load(save(model, tmp_path / "enc.pt", parts=("encoder", "decoder")))
+    assert loaded.meta["parts"] == ["encoder", "decoder"]
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded.encoder(x), model.encoder(x))
+    raw = torch.load(tmp_path / "enc.pt", weights_only=True)
+    assert not any(k.startswith("predictor.") for k in raw["state_dict"])
+
+
 def test_missing_checkpoint_names_path_and_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="quantwm train"):
         load(tmp_path / "nope.pt")
@@ -273,6 +283,21 @@ def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
     for (name, p1), p2 in zip(full.state_dict().items(), resumed.state_dict().values(),
                               strict=True):
         torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_latent_standardization_keeps_decoded_images():
+    from quantwm.model.train import set_latent_standardization
+
+    model = tiny_model()
+    frames = torch.rand(4, 3, 3, 32, 32)
+    visual, proprio = frames[:, :2], torch.zeros(4, 2, 4)
+    images = model.decode(model.encode(visual, proprio))
+    stats = set_latent_standardization(model, frames)
+    z = model.encoder(frames.flatten(0, 1))
+    assert abs(z.var(0, unbiased=False).mean().sqrt().item() - 1.0) < 1e-4
+    assert z.mean(0).abs().max().item() < 1e-4
+    assert 0 < stats["within_trajectory_std"] <= 1.0
+    torch.testing.assert_close(model.decode(model.encode(visual, proprio)), images)
 
 
 def test_dynamics_losses_checks_window_length():

@@ -7,6 +7,7 @@ Python values. Shipped checkpoints live at ``data/checkpoints/<env>.pt``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,22 @@ def checkpoint_path(env_or_path: str | os.PathLike) -> Path:
     return Path(env_or_path)
 
 
-def save(model: WorldModel, path: str | os.PathLike, **meta: Any) -> Path:
+def save(model: WorldModel, path: str | os.PathLike, *, parts: Sequence[str] | None = None,
+         **meta: Any) -> Path:
     """Write ``model`` atomically to ``path``; ``meta`` (plain values) is stored beside it.
 
-    The commit that made the file is added to meta as ``commit`` unless given.
+    ``parts`` (e.g. ``("encoder", "decoder")``) keeps only those children's weights; loading
+    such a file gives a model whose other parts are freshly initialised. The commit that made
+    the file is added to meta as ``commit`` unless given.
     """
     meta.setdefault("commit", git_commit())
+    state = model.state_dict()
+    if parts is not None:
+        meta["parts"] = list(parts)
+        state = {k: v for k, v in state.items() if k.split(".")[0] in parts}
     payload = {
         "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
         "meta": meta,
     }
     path = Path(path)
@@ -55,6 +63,12 @@ def load(path_or_env: str | os.PathLike, device: torch.device | str = "cpu") -> 
             f"`quantwm train --env {env} --out {path}`")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model = WorldModel(WorldModelConfig(**payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    model.meta = payload.get("meta", {})
+    meta = payload.get("meta", {})
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    parts = meta.get("parts")
+    missing = [k for k in missing if parts is None or k.split(".")[0] in parts]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, "
+                         f"unexpected {unexpected}")
+    model.meta = meta
     return model.to(device).eval()

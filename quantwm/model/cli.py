@@ -85,7 +85,8 @@ def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None
     summary = pretrain_encoder(model, sources, minutes=minutes, max_steps=steps, seed=seed,
                                device=device, state_path=STATE_DIR / "encoder.state.pt",
                                resume=resume, **_overrides(**kw))
-    save(model, path, stage="encoder", seed=seed, training=summary)
+    save(model, path, parts=("encoder", "decoder"), stage="encoder", seed=seed,
+         training=summary)
     print(f"encoder: {summary['steps']} steps in {summary['minutes']} min, "
           f"final {summary['final']} -> {path}")
     return model
@@ -95,8 +96,12 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
                       steps: int | None = None, seed: int = 0, device: str = "cpu",
                       resume: bool = False, **kw: Any) -> WorldModel:
     """Stage 2 for ``env`` on top of the frozen stage-1 encoder; saves to ``out``."""
-    from quantwm.model.sources import frame_windows, load_trajectories
-    from quantwm.model.train import dataset_stats, train_dynamics
+    from quantwm.model.sources import frame_windows, load_trajectories, trajectory_frames
+    from quantwm.model.train import (
+        dataset_stats,
+        set_latent_standardization,
+        train_dynamics,
+    )
 
     seed_everything(seed)
     config = WorldModelConfig.for_env(env)
@@ -111,6 +116,9 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     model.decoder.load_state_dict(pretrained.decoder.state_dict())
 
     trajs = load_trajectories(env)
+    frames = trajectory_frames(env, trajs, "train", 64, config.frameskip, config.img_size, seed)
+    standardization = set_latent_standardization(model, frames)
+    print(f"{env}: encoder output standardised: {standardization}")
     T = config.num_hist + 1
     train_set = frame_windows(env, trajs, "train", T, config.frameskip, config.img_size)
     val_set = frame_windows(env, trajs, "val", T, config.frameskip, config.img_size)
@@ -121,7 +129,7 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     encoder_meta = copy.deepcopy(pretrained.meta)
     encoder_meta.get("training", {}).pop("history", None)
     save(model, out, stage="world_model", env=env, seed=seed, training=summary,
-         encoder=encoder_meta)
+         encoder=encoder_meta, standardization=standardization)
     print(f"{env}: {summary['steps']} steps in {summary['minutes']} min, train "
           f"{summary['final']}, val {summary.get('val')} -> {out}")
     return model

@@ -84,3 +84,16 @@ def frame_windows(env_name: str, trajs: Any, split: str, num_frames: int, frames
     from quantwm.data import FrameWindows
 
     return FrameWindows(trajs, split, num_frames, frameskip=frameskip, img_size=img_size)
+
+
+def trajectory_frames(env_name: str, trajs: Any, split: str, n: int, frameskip: int,
+                      img_size: int, seed: int = 0) -> torch.Tensor:
+    """Frames ``(n, T, 3, H, W)`` in [0, 1] of n random ``split`` trajectories, every
+    ``frameskip`` steps."""
+    idx = np.asarray(trajs.indices(split))
+    idx = np.random.default_rng(seed).choice(idx, size=min(n, len(idx)), replace=False)
+    states = np.asarray(trajs.states)[idx][:, ::frameskip]  # (n, T, S)
+    k, T, S = states.shape
+    params = {key: np.repeat(np.asarray(v)[idx], T) for key, v in trajs.params.items()}
+    images = render_states(env_name, states.reshape(k * T, S), img_size, **params)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).unflatten(0, (k, T))

@@ -4,11 +4,13 @@ Stage 1, ``pretrain_encoder``: the ViT encoder is trained once on frames of *bot
 environments and then frozen; it plays the part of DINOv2, which cannot be had here.
 Objective, per frame:
 
-    recon * MSE(decoder(encoder(x)), x)  +  aux * mean_tokens || P_env z_token - s * f(state) ||^2
+    recon * MSE_w(decoder(encoder(x)), x)  +  aux * mean_tokens || P_env z_token - s f(state) ||^2
 
 - The reconstruction term (through the conv decoder) makes the patch tokens keep everything
   that is visible, in particular what the predictor needs and no state vector carries: the
-  wall and door position in Wall, the exact block outline in PushT.
+  wall and door position in Wall, the exact block outline in PushT. Pixels are weighted by
+  ``1 + ink_weight * ink`` (ink = 1 - mean RGB, 0 on the white background): the agent is a
+  dot of a few pixels, and a plain MSE would let the encoder ignore it.
 - The auxiliary term makes latent distances reflect state distances, which is what a
   planner minimising ``||z - z_goal||^2`` needs. A plain autoencoder latent changes only where
   pixels change: once an object has moved off its old pixels the distance stops growing, and
@@ -22,6 +24,16 @@ Objective, per frame:
   so that the encoder cannot shrink the state directions to nothing.
   State labels are privileged information DINOv2 never saw; the encoder is still a pure
   image encoder after training and the world model never sees states.
+
+Between the stages, the frozen encoder's output is standardised per environment: centred
+per (patch, channel) and scaled to unit RMS std over that environment's training frames (two
+fixed buffers, no weights change). The planning objective adds the visual MSE to the
+proprio-embedding MSE with weight 1, as in the reference, where DINOv2's patch features vary
+on an O(1) scale; a small encoder trained here spends most of its output range on what is the
+same in every frame (background, borders), leaving the moving objects a visual MSE of ~1e-3
+against a proprio MSE of ~1e-1. Centring removes that constant part (distances do not
+change), and the scale puts the two terms, and the stage-2 targets, on an O(1) scale that the
+predictor's final LayerNorm can produce.
 
 Stage 2, ``train_dynamics``: the encoder is frozen; the predictor and the action/proprio
 embeddings learn the reference's loss, the MSE between the teacher-forced predictions of
@@ -179,7 +191,8 @@ def _loop(desc: str, step_fn: Callable[[int], dict[str, float]], *, budget: _Bud
 def pretrain_encoder(model: WorldModel, sources: dict[str, FrameSource], *,
                      minutes: float | None = None, max_steps: int | None = None,
                      batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05,
-                     recon_weight: float = 1.0, aux_weight: float = 0.1, aux_scale: float = 2.0,
+                     recon_weight: float = 1.0, ink_weight: float = 10.0, aux_weight: float = 0.1,
+                     aux_scale: float = 2.0,
                      seed: int = 0, device: torch.device | str = "cpu",
                      state_path: str | os.PathLike | None = None, resume: bool = False,
                      ckpt_minutes: float = 2.0, log_every: int = 20, quiet: bool = False
@@ -218,7 +231,9 @@ def pretrain_encoder(model: WorldModel, sources: dict[str, FrameSource], *,
             images, feats = sources[name].sample(per_source, rng)
             images, feats = images.to(device), feats.to(device)
             z = model.encoder(images)  # (n, N, enc_dim)
-            recon = recon + F.mse_loss(model.decoder(z), images) / len(names)
+            weight = 1.0 + ink_weight * (1.0 - images.mean(1, keepdim=True))  # ink = not white
+            err = (model.decoder(z) - images).pow(2) * weight
+            recon = recon + err.mean() / len(names)
             target = (aux_scale * feats)[:, None, :].expand(-1, z.shape[1], -1)
             aux = aux + F.mse_loss(z @ proj.T, target) / len(names)
         loss = recon_weight * recon + aux_weight * aux
@@ -240,7 +255,8 @@ def pretrain_encoder(model: WorldModel, sources: dict[str, FrameSource], *,
     freeze_encoder(model)
     final = history[-1] if history else {}
     return {"stage": "encoder", "steps": step, "minutes": round(budget.elapsed() / 60, 2),
-            "sources": names, "recon_weight": recon_weight, "aux_weight": aux_weight,
+            "sources": names, "recon_weight": recon_weight, "ink_weight": ink_weight,
+            "aux_weight": aux_weight,
             "aux_scale": aux_scale, "final": {k: v for k, v in final.items()
                                               if k not in ("step", "minutes")},
             "history": history}
@@ -254,6 +270,26 @@ def freeze_encoder(model: WorldModel) -> None:
 
 
 # ------------------------------------------------------------------------------------- stage 2
+@torch.no_grad()
+def set_latent_standardization(model: WorldModel, frames: torch.Tensor) -> dict[str, float]:
+    """Centre the encoder output per (patch, channel) and scale it to unit RMS std.
+
+    ``frames (n, T, 3, H, W)``: T frames of each of n trajectories of one environment.
+    Returns the RMS std over the frames and along trajectories before and after.
+    """
+    enc = model.encoder
+    enc.out_shift.zero_()
+    enc.out_scale.fill_(1.0)
+    n, T = frames.shape[:2]
+    z = enc(frames.flatten(0, 1)).unflatten(0, (n, T))  # (n, T, N, enc_dim)
+    std = z.flatten(0, 1).var(0, unbiased=False).mean().sqrt()
+    within = z.var(1, unbiased=False).mean().sqrt()
+    enc.out_shift.copy_(z.flatten(0, 1).mean(0))
+    enc.out_scale.fill_(1.0 / std.item())
+    return {"raw_std": std.item(), "raw_within_trajectory_std": within.item(),
+            "within_trajectory_std": (within / std).item()}
+
+
 def dynamics_losses(model: WorldModel, batch: dict[str, torch.Tensor], decoder_frames: int = 1
                     ) -> dict[str, torch.Tensor]:
     """Stage-2 losses of one batch of windows of T = num_hist + 1 frames.
@@ -275,7 +311,7 @@ def dynamics_losses(model: WorldModel, batch: dict[str, torch.Tensor], decoder_f
     z_pred = model.predict(z[:, :-1], action[:, :-1])
     target = z[:, 1:].detach()
     err = (z_pred - target).pow(2)
-    recon = model.decoder(patches[:, :decoder_frames].flatten(0, 1))
+    recon = model.decoder(model.encoder.unstandardize(patches[:, :decoder_frames].flatten(0, 1)))
     return {
         "z_loss": err.mean(),
         "z_visual": err[..., : c.enc_dim].mean(),

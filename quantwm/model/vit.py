@@ -91,6 +91,9 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, dim // heads, mlp_ratio)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
+        # fixed output standardisation, set per environment (see train.set_latent_standardization)
+        self.register_buffer("out_shift", torch.zeros(self.num_patches, dim))
+        self.register_buffer("out_scale", torch.ones(()))
         nn.init.normal_(self.pos_embed, std=0.02)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -98,7 +101,11 @@ class Encoder(nn.Module):
         x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, dim)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        return (self.norm(x) - self.out_shift) * self.out_scale
+
+    def unstandardize(self, z: torch.Tensor) -> torch.Tensor:
+        """Undo the output standardisation: the final norm's output (what the decoder reads)."""
+        return z / self.out_scale + self.out_shift
 
 
 class Predictor(nn.Module):

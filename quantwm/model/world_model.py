@@ -208,7 +208,8 @@ class WorldModel(nn.Module):
         if z.shape[-1] < c.enc_dim:
             raise ValueError(f"z has width {z.shape[-1]} < enc_dim {c.enc_dim}")
         B, T = z.shape[:2]
-        return self.decoder(z[..., : c.enc_dim].flatten(0, 1)).unflatten(0, (B, T))
+        patches = self.encoder.unstandardize(z[..., : c.enc_dim].flatten(0, 1))
+        return self.decoder(patches).unflatten(0, (B, T))
 
     # ------------------------------------------------------------------------------------ sizes
     def predictor_flops(self, num_frames: int = 1) -> int:
