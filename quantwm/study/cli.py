@@ -1,4 +1,4 @@
-"""``quantwm notebooks``: execute the numbered notebooks headless and render HTML reports."""
+"""``quantwm sweep`` runs a paper table's grid; ``quantwm notebooks`` executes the reports."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from quantwm.utils import REPO_DIR
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"),
                         help="smoke: seconds (tests); quick: minutes; full: the paper's grid")
     parser.add_argument("--output", default=str(REPO_DIR / "reports"),
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar=("NAME", "VALUE"), help="extra papermill parameter (repeatable)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_notebooks_command(args: argparse.Namespace) -> int:
     from quantwm.study.notebooks import run_notebooks
 
     params: dict[str, object] = {name: _literal(value) for name, value in args.parameter}
@@ -27,6 +27,50 @@ def run(args: argparse.Namespace) -> int:
         params["device"] = args.device
     for result in run_notebooks(args.profile, args.output, args.only, params):
         print(f"{result.name}: {result.seconds:6.1f} s -> {result.html}")
+    return 0
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--table", type=int, nargs="+", required=True,
+                        help="paper table number(s), 1-8")
+    parser.add_argument("--env", default=None, help="only the tables of this env (wall|pusht)")
+    parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"))
+    parser.add_argument("--variant", default="paper", choices=("paper", "designed"),
+                        help="AWQ/OmniQuant as the reference ran them, or as designed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--results", default=None, help="result store folder (data/results)")
+    parser.add_argument("--force", action="store_true", help="rerun finished experiments")
+    parser.add_argument("--dry-run", action="store_true", help="list what would run")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from quantwm.study.grid import TABLE_ENV, check_table
+    from quantwm.study.profiles import study_profile
+    from quantwm.study.runner import run_sweep
+    from quantwm.study.store import RESULTS_DIR, ResultStore
+    from quantwm.utils import check_env_name
+
+    profile = study_profile(args.profile)
+    env = check_env_name(args.env) if args.env else None
+    tables = [check_table(t) for t in args.table if env is None or TABLE_ENV[t] == env]
+    if not tables:
+        raise ValueError(f"none of tables {args.table} is a {env} table")
+    store = ResultStore(args.results or RESULTS_DIR)
+    grid = [e for t in tables for e in profile.experiments(t, args.variant, args.seed)]
+    todo = list(dict.fromkeys(grid)) if args.force else store.missing(grid)
+    print(f"tables {tables}, profile {profile.name}: {len(set(grid))} experiments, "
+          f"{len(todo)} to run, results in {store.root}")
+    if args.dry_run:
+        for e in todo:
+            print("  ", e.key())
+        return 0
+
+    def done(exp, record) -> None:
+        rates = " ".join(f"{k}:{v:.2f}" for k, v in record["success"].items())
+        print(f"{record['label']:<45} {rates}  ({record['seconds']['total']:.0f} s)", flush=True)
+
+    run_sweep(todo, store, args.device, force=True, on_done=done)
     return 0
 
 

@@ -54,13 +54,15 @@ class Experiment:
     profile: str = "cpu"
     episodes: int = 50
     seed: int = 0
+    calib_episodes: int = 50
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", check_env_name(self.env))
         object.__setattr__(self, "encoder", tuple(int(b) for b in self.encoder))
         object.__setattr__(self, "predictor", tuple(int(b) for b in self.predictor))
-        if self.episodes < 1:
-            raise ValueError(f"episodes must be >= 1, got {self.episodes!r}")
+        for name in ("episodes", "calib_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.method != "fp32":
             self.quant_config()  # validates method, bits, group and granularity
 
@@ -89,7 +91,7 @@ class Experiment:
 
     def key(self) -> str:
         """A readable, stable file name for this experiment's result."""
-        run = f"{self.profile}-n{self.episodes}-s{self.seed}"
+        run = f"{self.profile}-n{self.episodes}-c{self.calib_episodes}-s{self.seed}"
         digest = hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:6]
         return f"{self.env}-{self.model_key()}-{run}-{digest}"
 

@@ -26,7 +26,6 @@ from quantwm.study.store import ResultStore
 from quantwm.utils import DATA_DIR, provenance
 
 CACHE_DIR = DATA_DIR / "cache"
-CALIBRATION_EPISODES = 50
 CALIBRATION_SEED = 1
 
 
@@ -41,7 +40,7 @@ def _checkpoint_digest(env: str) -> str:
 
 
 def calibration_data(env: str, profile: str, device: torch.device | str = "cpu",
-                     cache_dir: str | Path = CACHE_DIR, episodes: int = CALIBRATION_EPISODES,
+                     cache_dir: str | Path = CACHE_DIR, episodes: int = 50,
                      model: torch.nn.Module | None = None) -> dict[str, list[torch.Tensor]]:
     """The recorded encoder/predictor inputs of 2 FP32 MPC rounds (cached on disk)."""
     from quantwm.data import calibration_episodes
@@ -67,7 +66,8 @@ def build_model(experiment: Experiment, device: torch.device | str = "cpu",
     model = load(experiment.env, device)
     if experiment.is_float:
         return model
-    calib = calibration_data(experiment.env, experiment.profile, device, cache_dir, model=model)
+    calib = calibration_data(experiment.env, experiment.profile, device, cache_dir,
+                             experiment.calib_episodes, model=model)
     calib = {part: [t.to(device) for t in ts] for part, ts in calib.items()}
     return quantize(model, experiment.quant_config(**quant_options), calib)
 
