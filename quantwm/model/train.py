@@ -161,7 +161,7 @@ def _bar(desc: str, total: int | None, quiet: bool) -> tqdm:
 
 
 def _loop(desc: str, step_fn: Callable[[int], dict[str, float]], *, budget: _Budget,
-          step: int, history: list[dict[str, float]], state_path: Path | None,
+          step: int, history: list[dict[str, float]],
           save_fn: Callable[[int, float], None] | None, ckpt_minutes: float, log_every: int,
           quiet: bool) -> int:
     """Run ``step_fn(step)`` until the budget is spent; log, checkpoint. Returns the last step."""
@@ -249,7 +249,7 @@ def pretrain_encoder(model: WorldModel, sources: dict[str, FrameSource], *,
                         step=step, elapsed=elapsed, history=history)
 
     step = _loop("encoder", step_fn, budget=budget, step=step, history=history,
-                 state_path=state_path, save_fn=save_fn, ckpt_minutes=ckpt_minutes,
+                 save_fn=save_fn, ckpt_minutes=ckpt_minutes,
                  log_every=log_every, quiet=quiet)
     save_fn(step, budget.elapsed())
     freeze_encoder(model)
@@ -383,7 +383,7 @@ def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | Non
                         step=step, elapsed=elapsed, history=history)
 
     step = _loop("dynamics", step_fn, budget=budget, step=step, history=history,
-                 state_path=state_path, save_fn=save_fn, ckpt_minutes=ckpt_minutes,
+                 save_fn=save_fn, ckpt_minutes=ckpt_minutes,
                  log_every=log_every, quiet=quiet)
     save_fn(step, budget.elapsed())
     model.eval()
