@@ -32,7 +32,7 @@ class PlannerConfig:
     init_std: float = 1.0  # initial CEM std in normalised action space
     proprio_weight: float = 1.0  # objective = visual MSE + proprio_weight * proprio MSE
     seed: int = 0  # per-episode generators are seeded from (seed, episode id)
-    max_batch: int = 16384  # most sequences in one rollout call (memory bound, not semantics)
+    max_batch: int = 1024  # most sequences per rollout call (memory/cache, not semantics)
     profile: str = "custom"  # the name of the profile it came from (for records only)
 
     def __post_init__(self) -> None:
@@ -81,19 +81,24 @@ _REFERENCE: dict[str, dict[str, int]] = {
     "pusht": {"cem_steps": 30, "mpc_rounds": 30},
 }
 
-# The kit's default on a 2-core CPU. Why: the study is ~190 configurations x 50 episodes, and
-# the worst case (no episode succeeds, every round runs) must fit in ~12 hours, i.e. ~220 s per
-# configuration. The reference (300 samples x 10/30 CEM steps x 51/31 rounds x 50 episodes) is
-# 2.3 / 4.2 billion predictor sequence-steps per configuration, ~100x over budget for the kit's
-# model here (benchmarks/plan_speed.py prints the figures). The cuts, smallest first:
+# The kit's default on a 2-core CPU. Why: the study is ~190 configurations (111 Wall + 87 PushT
+# counted from the paper's tables, +1 FP32 each) x 50 episodes, and the worst case (no episode
+# succeeds, every round runs) must fit in ~12 hours (43,200 s). One rollout of horizon 5 costs
+# the predictor 163 MFLOP (Wall, 1 history frame) / 402 MFLOP (PushT, window of 3 frames);
+# at the ~65 GFLOP/s the batched rollout achieves here (benchmarks/plan_speed.py) that is
+# 2.5 / 6.2 ms per sampled sequence. The reference (300 samples x 10 / 30 CEM steps x 51 / 31
+# rounds) is then ~6 h per Wall and ~30 h per PushT configuration. The cuts, smallest first:
 #   * keep horizon 5, the objective, sample 0 = mean, mean 0 / std 1: they define the method;
-#   * samples 300 -> 100 and topk 30 -> 10 (same 10 % elite fraction);
-#   * CEM steps: Wall 10 -> 5, PushT 30 -> 10 (the planning loss flattens after a few steps);
-#   * MPC rounds: Wall 50 -> 10, PushT 30 -> 10: the targets and the paper's differences between
-#     methods are at 0..10 iters; 20..50 columns need the reference profile.
+#   * MPC rounds 0..5 (Wall 50 -> 5, PushT 30 -> 5): the targets and most of the paper's
+#     differences between methods are at 0 and 5 iters; 10..50 columns need `reference`;
+#   * samples 300 -> 64 (Wall) / 48 (PushT), topk 8 / 6 (the elite fraction 10 % -> 12.5 %,
+#     so that the elite std is estimated from >= 6 samples);
+#   * CEM steps 10 -> 4 (Wall), 30 -> 3 (PushT): replanning every round makes up for part of it.
+# Worst case: Wall 50 x 64 x 4 x 6 x 2.5 ms = 190 s, PushT 50 x 48 x 3 x 6 x 6.2 ms = 270 s;
+# 111 x 190 s + 87 x 270 s = 12.4 h.
 _CPU: dict[str, dict[str, int]] = {
-    "wall": {"samples": 100, "topk": 10, "cem_steps": 5, "mpc_rounds": 10},
-    "pusht": {"samples": 100, "topk": 10, "cem_steps": 10, "mpc_rounds": 10},
+    "wall": {"samples": 64, "topk": 8, "cem_steps": 4, "mpc_rounds": 5},
+    "pusht": {"samples": 48, "topk": 6, "cem_steps": 3, "mpc_rounds": 5},
 }
 
 # Seconds: enough to exercise every code path.
