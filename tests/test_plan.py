@@ -294,3 +294,10 @@ def test_wall_oracle_reaches_goal_in_the_same_room() -> None:
                    {"wall_x": np.array([44.0]), "door_y": np.array([32.0])})
     (res,) = plan_with_oracle(eps, FAST.replace(mpc_rounds=2))
     assert res.success_at(2) == 1.0
+
+
+def test_alignment_on_known_dynamics() -> None:
+    res = run(point_episodes(4, seed=5), FAST.replace(mpc_rounds=2))
+    align = res.alignment()
+    assert align["objective_vs_distance"] is not None and align["objective_vs_distance"] > 0.8
+    assert set(res.summary()) >= {"alignment", "success", "config", "seconds"}

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (cpu)")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint path (default: the shipped data/checkpoints/<env>.pt)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="most sequences per rollout call (memory; default from config)")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="write the summary (config, success by iters, timing) here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     model = load(args.checkpoint or args.env, device=device)
     episodes = evaluation_episodes(args.env, n=args.episodes, seed=args.seed)
-    config = planner_config(args.env, args.profile, seed=args.seed)
+    overrides = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    config = planner_config(args.env, args.profile, seed=args.seed, **overrides)
     print(f"eval {args.env}: {args.episodes} episodes (seed {args.seed}), profile "
           f"{args.profile}: samples {config.samples}, topk {config.topk}, CEM steps "
           f"{config.cem_steps}, MPC rounds 0..{config.mpc_rounds}, device {device}")
@@ -55,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     print("iters   " + "  ".join(f"{k:>5d}" for k in table))
     print("success " + "  ".join(f"{v:5.2f}" for v in table.values()))
     rounds = len(result.round_seconds)
+    align = result.alignment()
+    print("objective vs true distance (Spearman) "
+          f"{_fmt(align['objective_vs_distance'])}; predicted vs reached objective "
+          f"{_fmt(align['predicted_vs_reached'])}")
     print(f"time {seconds:.1f} s ({rounds} rounds, "
           f"{seconds / max(rounds, 1):.1f} s per round on average)")
     if args.json:
@@ -64,3 +71,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(args.json, summary)
         print(f"wrote {args.json}")
     return 0
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"

@@ -100,9 +100,29 @@ class PlanResult:
             "goal_distance": self.goal_distance.reshape(-1),
         })
 
+    def alignment(self) -> dict[str, float | None]:
+        """Spearman correlations over every planned (episode, round), for diagnosis.
+
+        ``objective_vs_distance``: the objective of the reached observation (latent MSE to the
+        goal) against the true distance to the goal; high means the latent objective measures
+        progress. ``predicted_vs_reached``: the planner's final best objective (what the model
+        predicted the plan would reach) against the latent MSE actually reached; low means the
+        model's rollouts do not match the env.
+        """
+        planned = np.isfinite(self.latent_mse)
+        lat = self.latent_mse[planned]
+        out: dict[str, float | None] = {
+            "objective_vs_distance": _spearman(lat, self.goal_distance[planned]),
+            "predicted_vs_reached": _spearman(self.loss_best[:, :, -1][planned], lat),
+        }
+        out["mean_predicted_final_objective"] = float(np.mean(self.loss_best[:, :, -1][planned]))
+        out["mean_reached_objective"] = float(np.mean(lat))
+        return out
+
     def summary(self) -> dict[str, Any]:
-        """A JSON-friendly summary: config, success by iters, timing."""
+        """A JSON-friendly summary: config, success by iters, timing, alignment."""
         return {
+            "alignment": self.alignment(),
             "env": self.env_name,
             "episodes": self.n_episodes,
             "config": self.config.to_dict(),
@@ -118,6 +138,15 @@ class PlanResult:
 def _nanmean_columns(a: np.ndarray) -> list[float | None]:
     """Column means ignoring NaN; None for a column without any value."""
     return [float(np.nanmean(c)) if np.isfinite(c).any() else None for c in a.T]
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    if len(a) < 3:
+        return None
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def episode_seed(seed: int, episode_id: str) -> int:
