@@ -285,6 +285,10 @@ def test_cli_arguments() -> None:
     cli.add_arguments(parser)
     args = parser.parse_args(["--env", "pusht", "--profile", "smoke", "--seed", "7"])
     assert (args.env, args.profile, args.seed, args.episodes) == ("pusht", "smoke", 7, 50)
+    assert cli.parse_overrides(["samples=100", "proprio_weight=0.5"]) == {
+        "samples": 100, "proprio_weight": 0.5}
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        cli.parse_overrides(["samples"])
 
 
 def test_wall_oracle_reaches_goal_in_the_same_room() -> None:

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint path (default: the shipped data/checkpoints/<env>.pt)")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="most sequences per rollout call (memory; default from config)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override PlannerConfig fields, e.g. --set samples=100 cem_steps=8")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="write the summary (config, success by iters, timing) here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -45,10 +47,13 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     model = load(args.checkpoint or args.env, device=device)
     episodes = evaluation_episodes(args.env, n=args.episodes, seed=args.seed)
-    overrides = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    overrides = parse_overrides(args.set)
+    if args.max_batch is not None:
+        overrides["max_batch"] = args.max_batch
     config = planner_config(args.env, args.profile, seed=args.seed, **overrides)
+    extra = " + " + " ".join(args.set) if args.set else ""
     print(f"eval {args.env}: {args.episodes} episodes (seed {args.seed}), profile "
-          f"{args.profile}: samples {config.samples}, topk {config.topk}, CEM steps "
+          f"{args.profile}{extra}: samples {config.samples}, topk {config.topk}, CEM steps "
           f"{config.cem_steps}, MPC rounds 0..{config.mpc_rounds}, device {device}")
     t0 = time.perf_counter()
     result = plan_episodes(model, episodes, config, device=device,
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
           f"{seconds / max(rounds, 1):.1f} s per round on average)")
     if args.json:
         summary = result.summary()
-        summary.update(seed=args.seed, profile=args.profile, device=str(device),
+        summary.update(seed=args.seed, profile=args.profile, overrides=args.set, device=str(device),
                        checkpoint=args.checkpoint or args.env, provenance=provenance())
         atomic_write_json(args.json, summary)
         print(f"wrote {args.json}")
@@ -75,3 +80,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
+
+
+def parse_overrides(items: list[str]) -> dict[str, int | float]:
+    """``["samples=100", "proprio_weight=0.5"]`` -> ``{"samples": 100, "proprio_weight": 0.5}``."""
+    out: dict[str, int | float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError as err:
+                raise ValueError(f"--set {key}: {value!r} is not a number") from err
+    return out
