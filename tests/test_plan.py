@@ -305,3 +305,13 @@ def test_alignment_on_known_dynamics() -> None:
     align = res.alignment()
     assert align["objective_vs_distance"] is not None and align["objective_vs_distance"] > 0.8
     assert set(res.summary()) >= {"alignment", "success", "config", "seconds"}
+
+
+def test_wall_render_oracle_uses_the_models_objective() -> None:
+    from quantwm.plan.oracle import plan_with_oracle
+
+    eps = Episodes("wall", np.array([[10.0, 12.0]]), np.array([[20.0, 20.0]]), ["r0"],
+                   {"wall_x": np.array([44.0]), "door_y": np.array([32.0])})
+    (res,) = plan_with_oracle(eps, FAST.replace(mpc_rounds=2),
+                              world_model=ToyWorldModel(gain=2.0, action_high=2.0))
+    assert res.success_at(2) == 1.0

@@ -78,16 +78,72 @@ class WallOracle(nn.Module):
         return self._latent(torch.stack(frames, 1).to(z_hist.device))
 
 
+class WallRenderOracle(nn.Module):
+    """Exact Wall dynamics, scored in a learned model's latent space.
+
+    ``rollout`` moves the true position with ``wall_step``, renders the final frame and encodes
+    it with ``world_model.encode``: the planner then optimises the learned objective under
+    perfect dynamics. Good results here and bad ones with the learned model point at the
+    model's dynamics; bad ones here point at the objective (or the search budget).
+    For one episode at a time only: the start position is the proprio of the last observation
+    given to ``encode`` (``plan_episodes`` encodes the current observation right before each
+    round), and only the last predicted frame is real (the planner's objective reads no other).
+    """
+
+    def __init__(self, world_model: nn.Module, wall_x: float, door_y: float) -> None:
+        super().__init__()
+        self.wm = world_model
+        self.wall_x, self.door_y = float(wall_x), float(door_y)
+        self.config = world_model.config
+        self.encoder, self.predictor = world_model.encoder, world_model.predictor
+        self._pos = np.zeros((1, 2))
+
+    def normalize_action(self, a: Tensor) -> Tensor:
+        return self.wm.normalize_action(a)
+
+    def denormalize_action(self, a: Tensor) -> Tensor:
+        return self.wm.denormalize_action(a)
+
+    def encode(self, visual: Tensor, proprio: Tensor) -> Tensor:
+        self._pos = proprio[:, -1, :2].double().cpu().numpy()
+        return self.wm.encode(visual, proprio)
+
+    def rollout(self, z_hist: Tensor, actions: Tensor) -> Tensor:
+        from quantwm.envs.wall import render_wall, wall_step
+
+        if len(self._pos) != 1:
+            raise ValueError("WallRenderOracle plans one episode at a time")
+        n, k_steps = actions.shape[:2]
+        pos = np.repeat(self._pos, n, axis=0)
+        raw = self.denormalize_action(actions).double().cpu().numpy()
+        raw = raw.reshape(n, k_steps * self.config.frameskip, 2)
+        for f in range(raw.shape[1]):
+            pos = wall_step(pos, raw[:, f], self.wall_x, self.door_y)
+        img = render_wall(pos, self.wall_x, self.door_y, self.config.img_size)
+        visual = torch.from_numpy(img).to(z_hist.device).permute(0, 3, 1, 2).float() / 255.0
+        proprio = torch.from_numpy(pos).float().to(z_hist.device)
+        z = self.wm.encode(visual[:, None], proprio[:, None])  # (n, 1, N, Dz)
+        return z.expand(-1, k_steps, -1, -1)
+
+
 def plan_with_oracle(episodes: Any, config: PlannerConfig, action_mean: Tensor | None = None,
-                     action_std: Tensor | None = None, progress: bool = False
-                     ) -> list[PlanResult]:
-    """Plan every Wall episode with its own ``WallOracle``; one ``PlanResult`` per episode."""
+                     action_std: Tensor | None = None, progress: bool = False,
+                     world_model: nn.Module | None = None) -> list[PlanResult]:
+    """Plan every Wall episode with its own oracle; one ``PlanResult`` per episode.
+
+    Without ``world_model``: ``WallOracle`` (position latent, Euclidean objective). With it:
+    ``WallRenderOracle`` (exact dynamics, that model's encoder and objective; its action
+    statistics are used).
+    """
     if episodes.env_name != "wall":
         raise ValueError(f"the oracle knows Wall only, got {episodes.env_name!r}")
     out = []
     for i in range(len(episodes.ids)):
         kw = episodes.env_kwargs(i)
-        oracle = WallOracle(kw["wall_x"], kw["door_y"], action_mean, action_std)
+        if world_model is None:
+            oracle = WallOracle(kw["wall_x"], kw["door_y"], action_mean, action_std)
+        else:
+            oracle = WallRenderOracle(world_model, kw["wall_x"], kw["door_y"])
         one = SimpleNamespace(
             env_name="wall", ids=[episodes.ids[i]],
             start_states=np.asarray(episodes.start_states)[i:i + 1],
