@@ -177,6 +177,7 @@ def test_reference_profile_is_protocol_section_2() -> None:
     ({"samples": 0}, "samples"), ({"topk": 40, "samples": 30}, "topk"),
     ({"topk": 1}, "topk"), ({"init_std": 0.0}, "init_std"), ({"mpc_rounds": -1}, "mpc_rounds"),
     ({"horizon": 2.5}, "horizon"), ({"proprio_weight": -1.0}, "proprio_weight"),
+    ({"execute": "median"}, "execute"),
 ])
 def test_config_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -212,6 +213,11 @@ def test_planner_reaches_goal_on_known_dynamics() -> None:
     frame = res.to_frame()
     assert {"episode", "round", "cem_step", "loss_best", "success"} <= set(frame.columns)
     assert len(frame) == int(res.rounds_run.sum()) * FAST.cem_steps
+
+
+def test_execute_best_sample_reaches_goal() -> None:
+    res = run(point_episodes(4, seed=6), FAST.replace(execute="best"))
+    assert res.success_at(FAST.mpc_rounds) == 1.0
 
 
 def test_batched_equals_one_by_one() -> None:

@@ -25,6 +25,8 @@ class CEMOutput:
     actions: Tensor  # (E, horizon, A) the final mean: the plan to execute (normalised actions)
     loss_best: Tensor  # (E, cem_steps) objective of the best sample at each step (CPU)
     loss_mean: Tensor  # (E, cem_steps) objective of sample 0 = the mean entering each step (CPU)
+    best_actions: Tensor  # (E, horizon, A) the lowest-objective sample seen in any step
+    best_loss: Tensor  # (E,) its objective (CPU)
 
 
 def rollout_objective(world_model: torch.nn.Module, z_start: Tensor, z_goal: Tensor,
@@ -68,6 +70,8 @@ def cem_plan(world_model: torch.nn.Module, z_start: Tensor, z_goal: Tensor,
     std = torch.full_like(mean, config.init_std)
     loss_best = torch.empty(n_ep, config.cem_steps)
     loss_mean = torch.empty(n_ep, config.cem_steps)
+    best_actions = mean.clone()
+    best_loss = torch.full((n_ep,), float("inf"), device=device)
     for step in range(config.cem_steps):
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
         actions = mean.unsqueeze(1) + std.unsqueeze(1) * noise  # (E, S, H, A)
@@ -77,8 +81,12 @@ def cem_plan(world_model: torch.nn.Module, z_start: Tensor, z_goal: Tensor,
                                  max_batch=config.max_batch)
         top_loss, top_idx = loss.topk(config.topk, dim=1, largest=False, sorted=True)
         elites = actions.gather(1, top_idx[:, :, None, None].expand(-1, -1, *shape[1:]))
+        better = top_loss[:, 0] < best_loss
+        best_loss = torch.where(better, top_loss[:, 0], best_loss)
+        best_actions[better] = elites[better, 0]
         mean = elites.mean(dim=1)
         std = elites.std(dim=1)
         loss_best[:, step] = top_loss[:, 0].cpu()
         loss_mean[:, step] = loss[:, 0].cpu()
-    return CEMOutput(actions=mean, loss_best=loss_best, loss_mean=loss_mean)
+    return CEMOutput(actions=mean, loss_best=loss_best, loss_mean=loss_mean,
+                     best_actions=best_actions, best_loss=best_loss.cpu())

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=None,
                         help="most sequences per rollout call (memory; default from config)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                        help="override PlannerConfig fields, e.g. --set samples=100 cem_steps=8")
+                        help="override PlannerConfig fields, e.g. --set samples=100 execute=best")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="write the summary (config, success by iters, timing) here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -82,9 +82,9 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def parse_overrides(items: list[str]) -> dict[str, int | float]:
-    """``["samples=100", "proprio_weight=0.5"]`` -> ``{"samples": 100, "proprio_weight": 0.5}``."""
-    out: dict[str, int | float] = {}
+def parse_overrides(items: list[str]) -> dict[str, int | float | str]:
+    """``["samples=100", "execute=best"]`` -> ``{"samples": 100, "execute": "best"}``."""
+    out: dict[str, int | float | str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -94,6 +94,6 @@ def parse_overrides(items: list[str]) -> dict[str, int | float]:
         except ValueError:
             try:
                 out[key] = float(value)
-            except ValueError as err:
-                raise ValueError(f"--set {key}: {value!r} is not a number") from err
+            except ValueError:
+                out[key] = value
     return out

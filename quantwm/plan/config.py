@@ -31,6 +31,8 @@ class PlannerConfig:
     init_mean: float = 0.0  # initial CEM mean in normalised action space
     init_std: float = 1.0  # initial CEM std in normalised action space
     proprio_weight: float = 1.0  # objective = visual MSE + proprio_weight * proprio MSE
+    execute: str = "mean"  # plan executed: "mean" (the final CEM mean, as the reference) or
+    # "best" (the lowest-objective sample seen; avoids averaging two modes, e.g. two ways round)
     seed: int = 0  # per-episode generators are seeded from (seed, episode id)
     max_batch: int = 1024  # most sequences per rollout call (memory/cache, not semantics)
     profile: str = "custom"  # the name of the profile it came from (for records only)
@@ -55,6 +57,10 @@ class PlannerConfig:
         if not self.proprio_weight >= 0:
             raise ValueError(
                 f"PlannerConfig.proprio_weight must be >= 0, got {self.proprio_weight!r}"
+            )
+        if self.execute not in ("mean", "best"):
+            raise ValueError(
+                f"PlannerConfig.execute must be 'mean' or 'best', got {self.execute!r}"
             )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"PlannerConfig.seed must be an int, got {self.seed!r}")

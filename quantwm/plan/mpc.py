@@ -240,7 +240,8 @@ def plan_episodes(world_model: torch.nn.Module, episodes: Any, config: PlannerCo
                 idx = torch.as_tensor(active, device=device)
                 out = cem_plan(world_model, z_cur[idx], z_goal[idx],
                                [generators[i] for i in active], config, action_dim, pdim)
-                raw = world_model.denormalize_action(out.actions).float().cpu().numpy()
+                plan = out.actions if config.execute == "mean" else out.best_actions
+                raw = world_model.denormalize_action(plan).float().cpu().numpy()
                 plan_seconds.append(time.perf_counter() - t_round)
                 loss_best[active, r] = out.loss_best.numpy()
                 loss_mean[active, r] = out.loss_mean.numpy()
