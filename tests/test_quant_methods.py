@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -221,6 +222,16 @@ def test_same_config_and_seed_same_outputs(model, calib, method, a):
     y1 = _out(quantize(model, cfg, calib), calib)
     y2 = _out(quantize(model, cfg, calib), calib)
     assert torch.equal(y1, y2)
+
+
+@pytest.mark.parametrize("gran", ["per_tensor", "per_token"])
+def test_inplace_input_quantizers_change_nothing(model, calib, gran):
+    cfg = QuantConfig("smoothquant", encoder=(8, 6), predictor=(6, 6), act_granularity=gran)
+    inplace = quantize(model, cfg, calib)
+    copying = quantize(model, cfg, calib, dataclasses.replace(DINO_WM_LAYOUT, private_inputs=()))
+    assert all(m.act.inplace for m in inplace.modules() if isinstance(m, QuantLinear))
+    for role in ("encoder", "predictor"):
+        assert torch.equal(_out(inplace, calib, role), _out(copying, calib, role))
 
 
 def test_per_token_and_per_group_partial_run(model, calib):

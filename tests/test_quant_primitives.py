@@ -152,3 +152,23 @@ def test_quant_linear_weight_is_quantized_once():
     assert torch.equal(q.weight, w)
     assert q.w_num_scales == 5 * 2 and q.w_scale.shape == (5, 2)
     assert torch.equal(w, fake_quantize(lin.weight.detach(), 4, "per_group", 128))
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_token"])
+def test_inplace_act_quantizer_same_values_and_skipped_for_autograd(granularity):
+    x = _tensor((3, 7, 148))
+    act = ActQuantizer(8, granularity, inplace=True)
+    if act.static:
+        act.set_range(x.min(), x.max())
+    expected = fake_quantize(x, 8, granularity, None, False)
+    y = x.clone()
+    out = act(y)
+    assert out.data_ptr() == y.data_ptr() and torch.equal(out, expected)
+    xg = x.clone().requires_grad_(True)
+    out = act(xg)  # autograd needs xg: no in-place, straight-through gradient
+    assert torch.equal(xg.detach(), x) and torch.equal(out.detach(), expected)
+    out.sum().backward()
+    assert torch.equal(xg.grad, torch.ones_like(x))
+    xt = x.transpose(0, 1)  # not contiguous: never overwritten
+    act(xt)
+    assert torch.equal(xt, x.transpose(0, 1))

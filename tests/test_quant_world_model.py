@@ -3,11 +3,13 @@ only their four Linears per block become QuantLinears."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from quantwm.quant import QuantConfig, QuantLinear, find_blocks, quantize
+from quantwm.quant import DINO_WM_LAYOUT, QuantConfig, QuantLinear, find_blocks, quantize
 
 wm = pytest.importorskip("quantwm.model.world_model")
 
@@ -53,3 +55,18 @@ def test_world_model_quantizes_only_block_linears(tiny, method, bits):
             assert float((yq - y).norm() / y.norm()) < 0.05
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert isinstance(q.encoder.patch_embed, nn.Conv2d)
+
+
+def test_world_model_inputs_are_private_to_their_linear(tiny):
+    """Overwriting each quantized Linear's input in place gives the same outputs as copying."""
+    model, calib = tiny
+    cfg = QuantConfig("rtn", encoder=(8, 8), predictor=(8, 8), act_granularity="per_token")
+    inplace = quantize(model, cfg, calib)
+    copying = quantize(model, cfg, calib,
+                       dataclasses.replace(DINO_WM_LAYOUT, private_inputs=()))
+    with torch.no_grad():
+        for role in ("encoder", "predictor"):
+            for x in calib[role]:
+                a = inplace.get_submodule(role)(x)
+                b = copying.get_submodule(role)(x)
+                assert torch.equal(a, b)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from quantwm.quant import awq, omniquant, omse, rtn, smoothquant
-from quantwm.quant.blocks import DINO_WM_LAYOUT, BlockLayout, find_blocks, set_submodule
+from quantwm.quant.blocks import DINO_WM_LAYOUT, BlockLayout, find_blocks, join, set_submodule
 from quantwm.quant.config import QuantConfig
 from quantwm.quant.context import MethodResult, PartContext, WeightPlan
 from quantwm.quant.linear import ActQuantizer, QuantLinear
@@ -133,11 +133,13 @@ def _finalize(ctx: PartContext, result: MethodResult) -> None:
     if ctx.quantize_acts and cfg.act_granularity == "per_tensor":
         modules = {n: ctx.part.get_submodule(n) for n in names}
         stats = collect_input_stats(ctx.part, modules, ctx.stat_inputs())
+    private = {join(b, p) for b, _ in ctx.blocks for p in ctx.layout.private_inputs}
     for name in names:
         plan = result.plans.get(name, WeightPlan())
         act = None
         if ctx.quantize_acts:
-            act = ActQuantizer(ctx.a_bits, cfg.act_granularity, cfg.a_symmetric)
+            act = ActQuantizer(ctx.a_bits, cfg.act_granularity, cfg.a_symmetric,
+                               inplace=name in private)
             if act.static:
                 act.set_range(stats[name].min, stats[name].max)
         linear = ctx.part.get_submodule(name)

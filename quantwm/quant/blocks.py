@@ -42,13 +42,17 @@ class BlockLayout:
     ``linears`` lists every quantized Linear (forward order); ``fused_qkv`` names the Linears
     whose output rows are ``[q; k; v]`` stacked (AWQ's clipping search skips q and k rows, whose
     error the QK^T product amplifies); ``ref_awq_norms`` the norms whose group the reference
-    AWQ run searched scales for (only the one before fc1).
+    AWQ run searched scales for (only the one before fc1); ``private_inputs`` the Linears whose
+    input is a temporary that no other module reads (a LayerNorm / GELU / attention output used
+    by that Linear alone), so their input quantizer may overwrite it in place. Leave it empty
+    for a model that reuses such a tensor elsewhere.
     """
 
     groups: tuple[NormGroup, ...]
     linears: tuple[str, ...]
     fused_qkv: tuple[str, ...] = ()
     ref_awq_norms: tuple[str, ...] = ()
+    private_inputs: tuple[str, ...] = ()
 
     def group(self, norm: str) -> NormGroup:
         for g in self.groups:
@@ -62,6 +66,7 @@ DINO_WM_LAYOUT = BlockLayout(
     linears=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
     fused_qkv=("attn.qkv",),
     ref_awq_norms=("norm2",),
+    private_inputs=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
 )
 
 

@@ -12,6 +12,12 @@ The activation fake-quant is a single chain of in-place elementwise ops on one t
 per token, one ``amin`` and one ``amax`` over the last dim give every token's range. (Both
 avoid two slow CPU paths: ``torch.aminmax(dim=...)`` and ``clamp`` with tensor bounds are each
 several times slower than the rest of the chain together.)
+
+With ``inplace=True`` the quantizer overwrites its input instead of allocating a new tensor.
+On CPU, allocating (and first touching) a large activation costs about three times the four
+elementwise passes themselves, so this is what keeps large planning batches cheap. It is only
+safe when the input is a temporary read by this Linear alone, which the block layout declares
+(``BlockLayout.private_inputs``); it is skipped whenever autograd needs the input.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ class ActQuantizer(nn.Module):
     Static per-tensor must be given its range by :meth:`set_range` (from an observer) before use.
     """
 
-    def __init__(self, bits: int, granularity: str = "per_tensor", symmetric: bool = False):
+    def __init__(self, bits: int, granularity: str = "per_tensor", symmetric: bool = False,
+                 inplace: bool = False):
         super().__init__()
         if check_bits(bits, "a_bits") >= FLOAT_BITS:
             raise ValueError("an ActQuantizer needs 2..8 bits; use no quantizer for float inputs")
@@ -50,6 +57,7 @@ class ActQuantizer(nn.Module):
                 f"unknown activation granularity {granularity!r}; expected {ACT_GRANULARITIES}"
             )
         self.bits, self.granularity, self.symmetric = bits, granularity, symmetric
+        self.inplace = inplace
         self.qmin, self.qmax = qrange(bits, symmetric)
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros(()))
@@ -68,17 +76,23 @@ class ActQuantizer(nn.Module):
         self.calibrated.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantized ``x``; overwrites ``x`` itself when ``inplace`` and no gradient is
+        needed. With a gradient needed the rounding is straight-through."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            return x + (self._fake_quant(x.detach(), False) - x).detach()
+        return self._fake_quant(x, self.inplace and x.is_contiguous())
+
+    def _fake_quant(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
         if self.static:
             if not bool(self.calibrated):
                 raise RuntimeError("static per-tensor ActQuantizer used before calibration")
+            scale, z = float(self.scale), float(self.zero_point)
+            y = x.div_(scale) if inplace else x / scale
             # clamp(round(x / s) + z, qmin, qmax) - z == clamp(round(x / s), qmin - z, qmax - z)
-            z = float(self.zero_point)
-            y = x / float(self.scale)
-            return y.round_().clamp_(self.qmin - z, self.qmax - z).mul_(float(self.scale))
-        xd = x.detach()
-        lo, hi = xd.amin(dim=-1, keepdim=True), xd.amax(dim=-1, keepdim=True)
+            return y.round_().clamp_(self.qmin - z, self.qmax - z).mul_(scale)
+        lo, hi = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
         qp = qparams_from_minmax(lo, hi, self.bits, self.symmetric, "per_token")
-        y = x / qp.scale
+        y = x.div_(qp.scale) if inplace else x / qp.scale
         if self.symmetric:
             return y.round_().clamp_(self.qmin, self.qmax).mul_(qp.scale)
         z = qp.zero_point
@@ -86,7 +100,8 @@ class ActQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "static" if self.static else "dynamic"
-        return f"bits={self.bits}, {self.granularity} ({kind}), symmetric={self.symmetric}"
+        return (f"bits={self.bits}, {self.granularity} ({kind}), symmetric={self.symmetric}, "
+                f"inplace={self.inplace}")
 
 
 class QuantLinear(nn.Module):
