@@ -12,6 +12,7 @@ from toy_blocks import ToyWorldModel, make_calibration
 
 from quantwm.quant import (
     DINO_WM_LAYOUT,
+    Bits,
     QuantConfig,
     QuantLinear,
     awq,
@@ -289,6 +290,13 @@ def test_missing_calibration_or_part_raises(model):
         quantize(model, QuantConfig("rtn", predictor=(8, 16), parts={"predictor": "dynamics"}))
     with pytest.raises(ValueError, match="no blocks"):
         quantize(model, QuantConfig("rtn", predictor=(8, 16), parts={"predictor": "decoder"}))
+
+
+def test_config_is_hashable_and_normalises_bits():
+    a = QuantConfig("rtn", predictor=(4, 8))
+    b = QuantConfig("rtn", predictor=Bits(4, 8))
+    assert a == b and hash(a) == hash(b) and len({a: 1, b: 2}) == 1
+    assert a.predictor.w == 4 and a.encoder.is_float
 
 
 def test_label():

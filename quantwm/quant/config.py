@@ -105,6 +105,11 @@ class QuantConfig:
             object.__setattr__(self, role, _bits(getattr(self, role), role))
         self.validate()
 
+    def __hash__(self) -> int:  # usable as a dict key although ``parts`` is a dict
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
+                          for v in values))
+
     def bits(self, role: str) -> Bits:
         """The ``(w, a)`` bits of a role (``encoder`` or ``predictor``)."""
         if role not in ROLES:
