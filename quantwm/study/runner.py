@@ -119,7 +119,7 @@ def _nan_to_none(a: np.ndarray) -> list:
 def run_sweep(experiments: Sequence[Experiment], store: ResultStore,
               device: torch.device | str = "cpu", force: bool = False,
               on_done: Callable[[Experiment, dict[str, Any]], None] | None = None,
-              **quant_options: Any) -> list[Experiment]:
+              cache_dir: str | Path = CACHE_DIR, **quant_options: Any) -> list[Experiment]:
     """Run every experiment without a stored result (all with ``force``); returns those run.
 
     Each result is written as soon as it is done, so an interrupted sweep resumes where it
@@ -127,7 +127,7 @@ def run_sweep(experiments: Sequence[Experiment], store: ResultStore,
     """
     todo = list(dict.fromkeys(experiments)) if force else store.missing(list(experiments))
     for exp in todo:
-        record = run_experiment(exp, store, device, **quant_options)
+        record = run_experiment(exp, store, device, cache_dir, **quant_options)
         if on_done:
             on_done(exp, record)
     return todo
