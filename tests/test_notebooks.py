@@ -1,0 +1,230 @@
+"""The numbered notebooks run end to end (smoke profile) and the analysis behind them holds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from quantwm.study import analysis
+from quantwm.study.explorer import ANY, select, with_choices
+from quantwm.study.notebooks import numbered_notebooks
+from quantwm.utils import DATA_DIR
+
+NOTEBOOKS = [p.stem for p in numbered_notebooks()]
+VERDICT_WORDS = ("agrees", "disagrees", "consistent", "cannot be decided", "no pair",
+                 "No results", "run `quick`", "Both environments")
+
+
+# ------------------------------------------------------------------ notebooks, end to end
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """Every numbered notebook executed once under papermill (smoke, Wall), into tmp dirs."""
+    if not all((DATA_DIR / "checkpoints" / f"{e}.pt").exists() for e in ("wall", "pusht")):
+        pytest.skip("shipped checkpoints not found (quantwm train --env wall|pusht)")
+    from quantwm.study.notebooks import run_notebooks
+
+    tmp = tmp_path_factory.mktemp("notebooks")
+    params = {"results_dir": str(tmp / "results"), "cache_dir": str(tmp / "cache"),
+              "env": "wall"}
+    runs = run_notebooks(profile="smoke", output_dir=tmp / "out", parameters=params)
+    return tmp, {r.name: r for r in runs}
+
+
+def test_the_numbered_notebooks_are_the_issue_list() -> None:
+    assert NOTEBOOKS == ["00_world_model", "01_outliers", "02_weight_only",
+                         "03_weight_activation", "04_encoder_predictor", "05_loss_alignment",
+                         "06_rollouts"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_opens_with_a_parameters_cell_of_literals(name: str) -> None:
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(numbered_notebooks()[NOTEBOOKS.index(name)]), as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    assert "parameters" in cell.metadata.get("tags", [])
+    assigned = {}
+    for node in ast.parse(cell.source).body:
+        assert isinstance(node, ast.Assign), "the parameters cell holds assignments only"
+        assigned[node.targets[0].id] = ast.literal_eval(node.value)
+    assert {"profile", "device", "results_dir", "cache_dir", "env", "variant"} <= set(assigned)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes_and_ends_with_a_computed_verdict(smoke_run, name: str) -> None:
+    import nbformat
+
+    _, runs = smoke_run
+    nb = nbformat.read(str(runs[name].executed), as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    last = nb.cells[-1]
+    text = "".join(o.get("data", {}).get("text/markdown", "") for o in last.outputs)
+    assert text and any(w in text for w in VERDICT_WORDS)
+    assert "smoke" in text or name in ("01_outliers",)
+
+
+def test_reports_embed_their_figures_and_leave_the_committed_store_alone(smoke_run) -> None:
+    tmp, runs = smoke_run
+    for name in ("00_world_model", "02_weight_only", "06_rollouts"):
+        html = runs[name].html.read_text()
+        assert "data:image/png;base64," in html
+    stored = list((tmp / "results").rglob("*.json"))
+    assert stored and all(json.loads(p.read_text())["experiment"]["profile"] == "smoke"
+                          for p in stored)
+    assert list((tmp / "cache").glob("calibration-*.pt"))
+
+
+# ------------------------------------------------------------------------------ analysis
+def test_spearman_properties() -> None:
+    x = np.arange(10.0)
+    assert math.isclose(analysis.spearman(x, x ** 3), 1.0)
+    assert math.isclose(analysis.spearman(x, -np.exp(x)), -1.0)
+    assert math.isnan(analysis.spearman([1, 2], [2, 1]))
+    assert math.isnan(analysis.spearman(x, np.ones(10)))
+    assert math.isclose(analysis.spearman([1, 2, np.nan, 4], [1, 2, 3, 4]), 1.0)
+
+
+def test_paired_comparison_pools_pairs_and_tests_on_the_same_episodes() -> None:
+    a = np.array([True] * 10 + [False] * 10)
+    same = analysis.paired_comparison([(a, a), (a, a)])
+    assert same.diff == 0 and same.p_value == 1.0 and not same.significant
+    better = analysis.paired_comparison([(np.zeros(20, bool), np.ones(20, bool))] * 2)
+    assert better.diff == 1.0 and better.wins_b == 2 and better.losses_b == 0
+    assert better.episodes == 40 and better.significant
+    with pytest.raises(ValueError):
+        analysis.paired_comparison([])
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    base = {"w_bits": 32.0, "a_bits": 32.0, "group": np.nan, "act_granularity": "per-tensor",
+            "enc_w": np.nan, "enc_a": np.nan, "pred_w": np.nan, "pred_a": np.nan,
+            "env": "wall", "label": "", "iters": 0, "success": 0.5, "lo": 0.1, "hi": 0.9,
+            "paper": 0.5}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def test_match_pairs_pairs_configurations_differing_in_one_column_only() -> None:
+    frame = _frame([
+        {"key": "a", "method": "RTN", "w_bits": 4.0},
+        {"key": "b", "method": "RTN", "w_bits": 4.0, "group": 128.0},
+        {"key": "c", "method": "OMSE", "w_bits": 4.0, "group": 128.0},  # no per-channel twin
+        {"key": "d", "method": "RTN", "w_bits": 3.0},
+        {"key": "e", "method": "RTN", "w_bits": 3.0, "group": 128.0},
+    ])
+    assert analysis.match_pairs(frame, "group", None, 128.0) == [("a", "b"), ("d", "e")]
+    assert analysis.match_pairs(frame, "group", None, 128.0, {"w_bits": 4.0}) == [("a", "b")]
+    assert analysis.match_pairs(frame.iloc[:0], "group", None, 128.0) == []
+
+
+def test_explorer_selection_keeps_the_fp32_reference() -> None:
+    frame = with_choices(_frame([
+        {"key": "f", "method": "FP32", "label": "FP32"},
+        {"key": "a", "method": "RTN", "w_bits": 4.0, "label": "RTN W4A32 G-"},
+        {"key": "b", "method": "OMSE", "w_bits": 8.0, "a_bits": 8.0, "label": "OMSE W8A8"},
+    ]))
+    assert set(frame["bits"]) == {"W32A32", "W4A32", "W8A8"}
+    picked = select(frame, env="wall", method="RTN")
+    assert set(picked["key"]) == {"f", "a"}
+    chosen = select(frame, bits="W8A8", granularity="per-channel per-tensor")
+    assert set(chosen["key"]) == {"f", "b"}
+    assert len(select(frame, env=ANY)) == 3
+    assert select(frame, env="pusht").empty
+
+
+def test_explorer_builds_headless() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from quantwm.study.explorer import explorer
+
+    frame = _frame([{"key": "f", "method": "FP32", "label": "FP32"},
+                    {"key": "a", "method": "RTN", "w_bits": 4.0, "label": "RTN W4"}])
+    ui = explorer(frame, show_default=True)
+    assert len(ui.children) == 3
+
+
+def _record(key: str, method: str, latent: list[list[float]], first: list[int | None]) -> dict:
+    return {"key": key, "label": method.upper(),
+            "experiment": {"method": method, "encoder": [4, 32], "predictor": [4, 32],
+                           "group": None, "act_granularity": "per_tensor"},
+            "episodes": {"first_success_round": first, "latent_mse_by_round": latent,
+                         "final_loss_by_round": latent,
+                         "goal_distance_by_round": [[10 * v for v in row] for row in latent]}}
+
+
+def test_loss_alignment_measures_decrease_and_rank_agreement() -> None:
+    fp = _record("fp", "fp32", [[1.0, 0.5, 0.2], [2.0, 1.0, 0.4], [3.0, 2.0, 1.0]],
+                 [2, None, None])
+    q = _record("q", "rtn", [[1.0, 1.1, 1.2], [2.0, 2.1, 2.2], [3.0, 3.0, 3.1]],
+                [None, None, None])
+    frame = analysis.loss_frame([fp, q])
+    assert set(frame["label"]) == {"FP32", "RTN W4A32 G-"}
+    align = analysis.loss_alignment(frame).set_index("key")
+    assert align.loc["fp", "loss_change"] < 0 < align.loc["q", "loss_change"]
+    assert math.isclose(align.loc["fp", "success"], 1 / 3)
+    # goal distance is a monotone function of the loss here: perfect per-episode alignment
+    assert math.isclose(align.loc["fp", "rho_loss_distance"], 1.0)
+    text = analysis.verdict_insight5(align.reset_index(), "smoke", "wall")
+    assert "**agrees**" in text
+
+
+def _tiny_model(env: str = "wall"):
+    from quantwm.model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    return WorldModel(WorldModelConfig.for_env(env, enc_depth=2, pred_depth=2)).eval()
+
+
+def _fake_calibration(model) -> dict[str, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    c = model.config
+    return {"encoder": [torch.rand(4, 3, c.img_size, c.img_size, generator=g)],
+            "predictor": [torch.randn(4, c.num_patches, c.pred_dim, generator=g) * 3]}
+
+
+def test_channel_absmax_and_smoothing_keep_the_float_function() -> None:
+    model = _tiny_model()
+    calib = _fake_calibration(model)
+    before = analysis.channel_absmax(model, calib)
+    assert len(before) == 2 * 2 * 4  # parts x blocks x Linears
+    assert all(v.ndim == 1 and (v >= 0).all() for v in before.values())
+    smooth = analysis.smoothed(model, calib)
+    with torch.no_grad():
+        for part in ("encoder", "predictor"):
+            x = calib[part][0]
+            ref, out = model.get_submodule(part)(x), smooth.get_submodule(part)(x)
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    after = analysis.channel_absmax(smooth, calib)
+    stats, stats_after = analysis.outlier_stats(before), analysis.outlier_stats(after)
+    assert (stats["ratio"] >= 1).all() and stats["top1pct_share"].between(0, 1).all()
+    # only LayerNorm-fed inputs are rescaled
+    for name in before:
+        if name.endswith(("attn.proj", "mlp.fc2")):
+            torch.testing.assert_close(before[name], after[name], rtol=1e-4, atol=1e-5)
+    assert "agrees" in analysis.verdict_outliers(stats, stats_after)
+
+
+@pytest.mark.parametrize("env", ["wall", "pusht"])
+def test_open_loop_rollout_shapes_and_errors(env: str) -> None:
+    model = _tiny_model(env)
+    seg = analysis.ground_truth_segment(env, frames=5)
+    assert seg.visual.shape == (1, 5, 3, 64, 64) and seg.actions.shape == (1, 4, 10)
+    out = analysis.open_loop(model, seg)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (5, 3, 64, 64) for k in out}
+    # the history frames of the rollout are the reconstructions
+    h = model.config.num_hist
+    torch.testing.assert_close(out["pred"][:h], out["recon"][:h])
+    perfect = {"truth": out["truth"], "recon": out["truth"], "pred": out["truth"]}
+    errors = analysis.frame_errors({"FP32": out, "perfect": perfect})
+    assert (errors[errors["config"] == "perfect"][["recon_mse", "rollout_mse"]] == 0).all().all()
+    with pytest.raises(ValueError):
+        analysis.ground_truth_segment(env, frames=1000)
