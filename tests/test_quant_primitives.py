@@ -130,13 +130,17 @@ def test_ste_gradient_reaches_clip_ratio():
 
 @pytest.mark.parametrize("granularity", ["per_tensor", "per_token"])
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_act_quantizer_matches_primitives(granularity, symmetric):
-    x = _tensor((3, 7, 148))
-    act = ActQuantizer(8, granularity, symmetric)
+@pytest.mark.parametrize("bits", [2, 3, 8])
+@pytest.mark.parametrize("seed", range(4))
+def test_act_quantizer_matches_primitives(granularity, symmetric, bits, seed):
+    x = _tensor((3, 50, 148), seed)
+    x[0, :5] = x[0, :5].abs()  # tokens with no negative value
+    x[1, 0] = 0.0  # an all-zero token
+    act = ActQuantizer(bits, granularity, symmetric)
     if act.static:
         act.set_range(x.min(), x.max())
-    expected = fake_quantize(x, 8, granularity, None, symmetric)
-    torch.testing.assert_close(act(x), expected, rtol=0, atol=1e-5)
+    expected = fake_quantize(x, bits, granularity, None, symmetric)
+    assert torch.equal(act(x), expected)
 
 
 def test_static_act_quantizer_needs_calibration():

@@ -90,13 +90,17 @@ class ActQuantizer(nn.Module):
             y = x.div_(scale) if inplace else x / scale
             # clamp(round(x / s) + z, qmin, qmax) - z == clamp(round(x / s), qmin - z, qmax - z)
             return y.round_().clamp_(self.qmin - z, self.qmax - z).mul_(scale)
+        # Each token's (s, z) come from its own min/max, so only one bound can bind:
+        # x >= lo gives round(x / s) >= round(lo / s) = -z exactly (round is odd-symmetric), and
+        # symmetric codes stay within +-qmax; only the asymmetric top can overshoot, by one code
+        # at a rounding tie, hence the single ``minimum``.
         lo, hi = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
         qp = qparams_from_minmax(lo, hi, self.bits, self.symmetric, "per_token")
         y = x.div_(qp.scale) if inplace else x / qp.scale
-        if self.symmetric:
-            return y.round_().clamp_(self.qmin, self.qmax).mul_(qp.scale)
-        z = qp.zero_point
-        return y.round_().add_(z).clamp_(self.qmin, self.qmax).sub_(z).mul_(qp.scale)
+        y.round_()
+        if not self.symmetric:
+            torch.minimum(y, self.qmax - qp.zero_point, out=y)
+        return y.mul_(qp.scale)
 
     def extra_repr(self) -> str:
         kind = "static" if self.static else "dynamic"
