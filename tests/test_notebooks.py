@@ -74,9 +74,18 @@ def test_notebook_executes_and_ends_with_a_computed_verdict(smoke_run, name: str
 
 def test_reports_embed_their_figures_and_leave_the_committed_store_alone(smoke_run) -> None:
     tmp, runs = smoke_run
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
     for name in ("00_world_model", "02_weight_only", "06_rollouts"):
         html = runs[name].html.read_text()
-        assert "data:image/png;base64," in html
+        images = [Image.open(io.BytesIO(base64.b64decode(b))) for b in
+                  re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)]
+        figures = [im for im in images if min(im.size) > 100]  # not the template's icons
+        assert figures, f"{name}: no embedded figure"
     stored = list((tmp / "results").rglob("*.json"))
     assert stored and all(json.loads(p.read_text())["experiment"]["profile"] == "smoke"
                           for p in stored)

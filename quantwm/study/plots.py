@@ -111,7 +111,12 @@ def plot_success(frame: pd.DataFrame, title: str = "", max_lines: int = 12) -> F
         color = f"C{i % 10}"
         ax.plot(sub["iters"], sub["success"], "o-", color=color, label=label)
         ax.fill_between(sub["iters"], sub["lo"], sub["hi"], color=color, alpha=0.12)
-        if sub["paper"].notna().any():
+        if {"table", "row"} <= set(sub.columns):  # the paper's whole curve, all its iters
+            from quantwm.study.analysis import paper_success
+
+            paper = paper_success(int(sub["table"].iloc[0])).loc[int(sub["row"].iloc[0])]
+            ax.plot(paper.index, paper.values, "x--", color=color, alpha=0.7)
+        elif sub["paper"].notna().any():
             ax.plot(sub["iters"], sub["paper"], "x--", color=color, alpha=0.7)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("planning iterations (MPC rounds)")
