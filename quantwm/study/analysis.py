@@ -242,6 +242,7 @@ def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
     lines = [f"**Insight I (group-wise weights), from the `{profile}` profile.**", ""]
     if frame.empty:
         return "\n".join(lines + ["No results yet."])
+    any_pair = False
     for env, sub in frame.groupby("env", sort=False):
         last = int(sub["iters"].max())
         lines.append(f"*{env}* (success within {last} iters, group 128 vs per-channel):")
@@ -251,6 +252,7 @@ def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
             lines.append(f"- W{bits}: {_fmt_cmp(c)}")
             if c is None:
                 continue
+            any_pair = True
             p = paper_diff(sub, pairs, last)
             if bits == 4:
                 kit_gain = c.diff if c.significant else 0.0
@@ -268,7 +270,7 @@ def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
                              f"of the two pools reaches {best:.2f}: the kit "
                              f"**{'agrees' if collapsed else 'disagrees'}** (collapse = <= 0.20).")
         lines.append("")
-    if len(lines) <= 3:
+    if not any_pair:
         lines.append("This profile holds no W4/W3 pairs: run the `quick` or `full` profile.")
     return "\n".join(lines)
 
