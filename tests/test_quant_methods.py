@@ -28,14 +28,7 @@ from quantwm.quant.context import PartContext
 from quantwm.quant.omse import search_clip_mse
 from quantwm.quant.primitives import fake_quantize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids OpenMP contention stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

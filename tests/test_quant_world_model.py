@@ -11,15 +11,9 @@ from torch import nn
 
 from quantwm.quant import DINO_WM_LAYOUT, QuantConfig, QuantLinear, find_blocks, quantize
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 wm = pytest.importorskip("quantwm.model.world_model")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -154,6 +154,16 @@ def _load_state(path: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
+def _resume(state_path: Path | None, resume: bool, model: WorldModel,
+            opt: torch.optim.Optimizer) -> tuple[int, float, list]:
+    """Restore model and optimizer from a training state file: (step, minutes, history)."""
+    if resume and state_path is not None and (state := _load_state(state_path)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        return state["step"], state["elapsed"], state["history"]
+    return 0, 0.0, []
+
+
 def _bar(desc: str, total: int | None, quiet: bool) -> tqdm:
     interactive = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, disable=quiet, dynamic_ncols=True,
@@ -214,12 +224,8 @@ def pretrain_encoder(model: WorldModel, sources: dict[str, FrameSource], *,
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     per_source = max(1, batch_size // len(names))
 
-    step, elapsed, history = 0, 0.0, []
     state_path = None if state_path is None else Path(state_path)
-    if resume and state_path is not None and (state := _load_state(state_path)) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed, history = state["step"], state["elapsed"], state["history"]
+    step, elapsed, history = _resume(state_path, resume, model, opt)
     budget = _Budget(minutes, max_steps, elapsed)
 
     def step_fn(step: int) -> dict[str, float]:
@@ -356,12 +362,8 @@ def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | Non
     params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
-    step, elapsed, history = 0, 0.0, []
     state_path = None if state_path is None else Path(state_path)
-    if resume and state_path is not None and (state := _load_state(state_path)) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed, history = state["step"], state["elapsed"], state["history"]
+    step, elapsed, history = _resume(state_path, resume, model, opt)
     budget = _Budget(minutes, max_steps, elapsed)
 
     def step_fn(step: int) -> dict[str, float]:
