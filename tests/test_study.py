@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -111,3 +112,24 @@ def test_paper_style_table_layout_and_flags() -> None:
     assert table.loc["RTN W3", "5 iters"].endswith("*")
     assert success_matrix([None, 0, 7], iters).tolist() == [
         [False, False, False], [True, True, True], [False, False, True]]
+
+
+def test_parallel_sweep_equals_serial_and_resumes(tmp_path) -> None:
+    from quantwm.study import run_sweep
+
+    grid = [Experiment("wall", "fp32", profile="smoke", episodes=2, calib_episodes=2),
+            Experiment("wall", "rtn", (8, 32), (8, 32), profile="smoke", episodes=2,
+                       calib_episodes=2)]
+    serial, parallel = ResultStore(tmp_path / "serial"), ResultStore(tmp_path / "parallel")
+    assert run_sweep(grid, serial, cache_dir=tmp_path / "cache") == grid
+    assert sorted(run_sweep(grid, parallel, cache_dir=tmp_path / "cache", workers=2),
+                  key=grid.index) == grid
+    for exp in grid:  # same outcomes; losses equal up to the thread count's float rounding
+        a, b = serial.read(exp)["episodes"], parallel.read(exp)["episodes"]
+        assert a["first_success_round"] == b["first_success_round"]
+        assert np.allclose(np.array(a["final_loss_by_round"], dtype=float),
+                           np.array(b["final_loss_by_round"], dtype=float), rtol=1e-4,
+                           equal_nan=True)
+    assert run_sweep(grid, parallel, cache_dir=tmp_path / "cache", workers=2) == []
+    with pytest.raises(ValueError, match="workers"):
+        run_sweep(grid, parallel, force=True, workers=0)

@@ -41,6 +41,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", default=None, help="result store folder (data/results)")
     parser.add_argument("--force", action="store_true", help="rerun finished experiments")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="experiments run in parallel processes (threads are split)")
     parser.add_argument("--dry-run", action="store_true", help="list what would run")
 
 
@@ -68,9 +70,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     def done(exp, record) -> None:
         rates = " ".join(f"{k}:{v:.2f}" for k, v in record["success"].items())
-        print(f"{record['label']:<45} {rates}  ({record['seconds']['total']:.0f} s)", flush=True)
+        print(f"{exp.env:<6} {record['label']:<45} {rates}  "
+              f"({record['seconds']['total']:.0f} s)", flush=True)
 
-    run_sweep(todo, store, args.device, force=True, on_done=done)
+    run_sweep(todo, store, args.device, force=True, on_done=done, workers=args.workers)
     return 0
 
 

@@ -105,7 +105,8 @@ def run_experiment(experiment: Experiment, store: ResultStore | None = None,
         "size": model_size_bits(model).as_dict(),
         "seconds": {"quantize": quant_seconds, "plan": result.seconds,
                     "total": time.perf_counter() - t0},
-        "provenance": {**provenance(), "device": str(device)},
+        "provenance": {**provenance(), "device": str(device),
+                       "torch_threads": torch.get_num_threads()},
     }
     if store is not None:
         store.write(experiment, record)
@@ -119,15 +120,37 @@ def _nan_to_none(a: np.ndarray) -> list:
 def run_sweep(experiments: Sequence[Experiment], store: ResultStore,
               device: torch.device | str = "cpu", force: bool = False,
               on_done: Callable[[Experiment, dict[str, Any]], None] | None = None,
-              cache_dir: str | Path = CACHE_DIR, **quant_options: Any) -> list[Experiment]:
+              cache_dir: str | Path = CACHE_DIR, workers: int = 1,
+              **quant_options: Any) -> list[Experiment]:
     """Run every experiment without a stored result (all with ``force``); returns those run.
 
     Each result is written as soon as it is done, so an interrupted sweep resumes where it
-    stopped and a rerun duplicates nothing.
+    stopped and a rerun duplicates nothing. ``workers > 1`` runs experiments in that many
+    processes, splitting the machine's torch threads between them. Every experiment is seeded
+    on its own, so the outcomes do not depend on the order; a different thread count changes
+    float reductions in the last bits (recorded as ``provenance.torch_threads``).
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     todo = list(dict.fromkeys(experiments)) if force else store.missing(list(experiments))
-    for exp in todo:
-        record = run_experiment(exp, store, device, cache_dir, **quant_options)
-        if on_done:
-            on_done(exp, record)
+    if workers == 1 or len(todo) <= 1:
+        for exp in todo:
+            record = run_experiment(exp, store, device, cache_dir, **quant_options)
+            if on_done:
+                on_done(exp, record)
+        return todo
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(run_experiment, exp, store, str(device), cache_dir,
+                               **quant_options): exp for exp in todo}
+        for future in as_completed(futures):
+            record = future.result()
+            if on_done:
+                on_done(futures[future], record)
     return todo
