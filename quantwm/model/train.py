@@ -164,6 +164,24 @@ def _resume(state_path: Path | None, resume: bool, model: WorldModel,
     return 0, 0.0, []
 
 
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
+    """One optimizer step on ``loss`` with the gradient norm clipped to 1."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def _state_saver(state_path: Path | None, model: WorldModel, opt: torch.optim.Optimizer,
+                 history: list) -> Callable[[int, float], None]:
+    """The resumable-training checkpoint writer of a stage (a no-op without a state path)."""
+    def save(step: int, elapsed: float) -> None:
+        if state_path is not None:
+            _save_state(state_path, model=model.state_dict(), optimizer=opt.state_dict(),
+                        step=step, elapsed=elapsed, history=history)
+    return save
+
+
 def _bar(desc: str, total: int | None, quiet: bool) -> tqdm:
     interactive = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, disable=quiet, dynamic_ncols=True,
@@ -243,17 +261,10 @@ def pretrain_encoder(model: WorldModel, sources: dict[str, FrameSource], *,
             target = (aux_scale * feats)[:, None, :].expand(-1, z.shape[1], -1)
             aux = aux + F.mse_loss(z @ proj.T, target) / len(names)
         loss = recon_weight * recon + aux_weight * aux
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _update(opt, loss, params)
         return {"recon": recon.item(), "aux": aux.item()}
 
-    def save_fn(step: int, elapsed: float) -> None:
-        if state_path is not None:
-            _save_state(state_path, model=model.state_dict(), optimizer=opt.state_dict(),
-                        step=step, elapsed=elapsed, history=history)
-
+    save_fn = _state_saver(state_path, model, opt, history)
     step = _loop("encoder", step_fn, budget=budget, step=step, history=history,
                  save_fn=save_fn, ckpt_minutes=ckpt_minutes,
                  log_every=log_every, quiet=quiet)
@@ -373,17 +384,10 @@ def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | Non
         batch = collate(train_set, rng.integers(len(train_set), size=batch_size), device)
         losses = dynamics_losses(model, batch)
         loss = losses["z_loss"] + decoder_weight * losses["decoder"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _update(opt, loss, params)
         return {k: v.item() for k, v in losses.items()}
 
-    def save_fn(step: int, elapsed: float) -> None:
-        if state_path is not None:
-            _save_state(state_path, model=model.state_dict(), optimizer=opt.state_dict(),
-                        step=step, elapsed=elapsed, history=history)
-
+    save_fn = _state_saver(state_path, model, opt, history)
     step = _loop("dynamics", step_fn, budget=budget, step=step, history=history,
                  save_fn=save_fn, ckpt_minutes=ckpt_minutes,
                  log_every=log_every, quiet=quiet)
