@@ -80,6 +80,18 @@ def test_store_resumes_without_loss_or_duplicates(tmp_path) -> None:
     assert store.read(grid[0])["success"] == {"0": 0.75}
 
 
+def test_store_reruns_results_of_another_checkpoint(tmp_path) -> None:
+    from quantwm.model import checkpoint_digest
+
+    store = ResultStore(tmp_path)
+    old, current = [Experiment("wall", "rtn", (b, 32), (b, 32), episodes=4) for b in (3, 4)]
+    store.write(old, {"checkpoint": {"file": "wall.pt", "sha1": "0000000000"}})
+    store.write(current, {"checkpoint": {"file": "wall.pt", "sha1": checkpoint_digest("wall")}})
+    assert store.missing([old, current]) == [old]
+    assert not store.has(old) and store.has(current)
+    assert ResultStore(tmp_path, check_checkpoints=False).missing([old, current]) == []
+
+
 def test_wilson_interval_properties() -> None:
     lo, hi = wilson_interval(47, 50)
     assert lo < 0.94 < hi and 0 <= lo and hi <= 1

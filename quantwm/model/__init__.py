@@ -6,7 +6,14 @@
     z_next = wm.rollout(z[:, -1:], wm.normalize_action(actions))
 """
 
-from quantwm.model.checkpoint import CHECKPOINT_DIR, checkpoint_path, load, save
+from quantwm.model.checkpoint import (
+    CHECKPOINT_DIR,
+    checkpoint_digest,
+    checkpoint_path,
+    load,
+    save,
+)
 from quantwm.model.world_model import WorldModel, WorldModelConfig
 
-__all__ = ["CHECKPOINT_DIR", "WorldModel", "WorldModelConfig", "checkpoint_path", "load", "save"]
+__all__ = ["CHECKPOINT_DIR", "WorldModel", "WorldModelConfig", "checkpoint_digest",
+           "checkpoint_path", "load", "save"]

@@ -6,6 +6,8 @@ Python values. Shipped checkpoints live at ``data/checkpoints/<env>.pt``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,24 @@ def checkpoint_path(env_or_path: str | os.PathLike) -> Path:
     if str(env_or_path).lower() in ENV_NAMES:
         return CHECKPOINT_DIR / f"{str(env_or_path).lower()}.pt"
     return Path(env_or_path)
+
+
+def checkpoint_digest(env_or_path: str | os.PathLike) -> str:
+    """The first 10 hex digits of the SHA-1 of a checkpoint file (what a result was made with).
+
+    A missing file raises FileNotFoundError naming the path and the command that makes it.
+    """
+    path = checkpoint_path(env_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"no world-model checkpoint at {path}; "
+                                f"make it with `quantwm train --env {env_or_path}`")
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, mtime_ns: int, size: int) -> str:  # cached per file version
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:10]
 
 
 def save(model: WorldModel, path: str | os.PathLike, *, parts: Sequence[str] | None = None,

@@ -12,7 +12,6 @@ recorded (subsampled). It is gathered once per (checkpoint, planner profile) and
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,25 +28,15 @@ CACHE_DIR = DATA_DIR / "cache"
 CALIBRATION_SEED = 1
 
 
-def _checkpoint_digest(env: str) -> str:
-    from quantwm.model import checkpoint_path
-
-    path = checkpoint_path(env)
-    if not path.exists():
-        raise FileNotFoundError(f"no world-model checkpoint at {path}; "
-                                f"make it with `quantwm train --env {env}`")
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:10]
-
-
 def calibration_data(env: str, profile: str, device: torch.device | str = "cpu",
                      cache_dir: str | Path = CACHE_DIR, episodes: int = 50,
                      model: torch.nn.Module | None = None) -> dict[str, list[torch.Tensor]]:
     """The recorded encoder/predictor inputs of 2 FP32 MPC rounds (cached on disk)."""
     from quantwm.data import calibration_episodes
-    from quantwm.model import load
+    from quantwm.model import checkpoint_digest, load
     from quantwm.plan import load_calibration, planner_config, record_calibration, save_calibration
 
-    path = Path(cache_dir) / f"calibration-{env}-{_checkpoint_digest(env)}-{profile}-n{episodes}.pt"
+    path = Path(cache_dir) / f"calibration-{env}-{checkpoint_digest(env)}-{profile}-n{episodes}.pt"
     if path.exists():
         return load_calibration(path)
     model = model if model is not None else load(env, device)
@@ -77,10 +66,13 @@ def run_experiment(experiment: Experiment, store: ResultStore | None = None,
                    progress: bool = False, **quant_options: Any) -> dict[str, Any]:
     """Quantize, plan on the evaluation episodes, and return (and store) one result record."""
     from quantwm.data import evaluation_episodes
+    from quantwm.model import checkpoint_digest, checkpoint_path
     from quantwm.plan import plan_episodes, planner_config
     from quantwm.quant import model_size_bits
 
     t0 = time.perf_counter()
+    checkpoint = {"file": checkpoint_path(experiment.env).name,
+                  "sha1": checkpoint_digest(experiment.env)}
     model = build_model(experiment, device, cache_dir, **quant_options)
     quant_seconds = time.perf_counter() - t0
     episodes = evaluation_episodes(experiment.env, n=experiment.episodes, seed=experiment.seed)
@@ -101,6 +93,7 @@ def run_experiment(experiment: Experiment, store: ResultStore | None = None,
             "goal_distance_by_round": _nan_to_none(result.goal_distance),
         },
         "mean_final_loss_by_round": result.summary()["mean_final_loss_by_round"],
+        "checkpoint": checkpoint,
         "planner": config.to_dict(),
         "size": model_size_bits(model).as_dict(),
         "seconds": {"quantize": quant_seconds, "plan": result.seconds,

@@ -3,6 +3,10 @@
 A sweep asks the store what is done and runs only the rest, so an interrupted sweep resumes
 and loses nothing; a result is either whole on disk or absent (never half-written), and an
 experiment's file name is its key, so rerunning cannot duplicate it.
+
+Each result records the SHA-1 of the checkpoint it was made with. After a model is retrained,
+its old results are *stale*: ``has`` and ``missing`` treat them as not done, so the next sweep
+reruns them (and replaces the files) instead of mixing two models in one table.
 """
 
 from __future__ import annotations
@@ -23,14 +27,29 @@ RESULTS_DIR = DATA_DIR / "results"
 class ResultStore:
     """Results of experiments under ``root/<env>/<key>.json``."""
 
-    def __init__(self, root: str | Path = RESULTS_DIR) -> None:
+    def __init__(self, root: str | Path = RESULTS_DIR, check_checkpoints: bool = True) -> None:
         self.root = Path(root)
+        self.check_checkpoints = check_checkpoints
 
     def path(self, experiment: Experiment) -> Path:
         return self.root / experiment.env / f"{experiment.key()}.json"
 
     def has(self, experiment: Experiment) -> bool:
-        return self.path(experiment).exists()
+        """Whether a current result is stored (one made with another checkpoint is stale)."""
+        path = self.path(experiment)
+        return path.exists() and not self.is_stale(json.loads(path.read_text()))
+
+    def is_stale(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` was made with another checkpoint than the one now shipped."""
+        made_with = record.get("checkpoint")
+        if not self.check_checkpoints or made_with is None:
+            return False
+        from quantwm.model import checkpoint_digest
+
+        try:
+            return checkpoint_digest(record["experiment"]["env"]) != made_with["sha1"]
+        except FileNotFoundError:
+            return False  # no checkpoint to compare with: keep what is there
 
     def write(self, experiment: Experiment, result: dict[str, Any]) -> Path:
         """Store ``result`` for ``experiment`` atomically (replacing an older one)."""
@@ -46,7 +65,7 @@ class ResultStore:
         return json.loads(path.read_text())
 
     def missing(self, experiments: list[Experiment]) -> list[Experiment]:
-        """The experiments without a stored result, in order, without duplicates."""
+        """The experiments without a current stored result, in order, without duplicates."""
         seen: set[str] = set()
         todo = []
         for e in experiments:
