@@ -145,3 +145,20 @@ def test_parallel_sweep_equals_serial_and_resumes(tmp_path) -> None:
     assert run_sweep(grid, parallel, cache_dir=tmp_path / "cache", workers=2) == []
     with pytest.raises(ValueError, match="workers"):
         run_sweep(grid, parallel, force=True, workers=0)
+
+
+def test_verdicts_warn_when_fp32_is_too_weak_to_judge_by() -> None:
+    from quantwm.study.analysis import baseline_caveat
+
+    def frame(successes: int) -> pd.DataFrame:
+        return pd.DataFrame([
+            {"method": "FP32", "iters": 5, "successes": successes, "n": 10,
+             "success": successes / 10, "paper": 0.94},
+            {"method": "RTN", "iters": 5, "successes": 1, "n": 10, "success": 0.1,
+             "paper": 0.9},
+        ])
+
+    weak = baseline_caveat(frame(2), 5)
+    assert weak is not None and "2 of 10" in weak and "0.94" in weak
+    assert baseline_caveat(frame(9), 5) is None
+    assert baseline_caveat(frame(2), 0) is None  # no FP32 row at that iters

@@ -231,6 +231,26 @@ def _fmt_cmp(c: PairedComparison | None) -> str:
             f"{c.episodes} paired episodes)")
 
 
+def baseline_caveat(sub: pd.DataFrame, iters: int, floor: float = 0.5) -> str | None:
+    """A warning line when the FP32 row of ``sub`` (one env) plans too poorly to judge by.
+
+    A quantized model cannot lose more success than FP32 has, and a handful of episodes cannot
+    resolve small differences; the verdicts then say so instead of reading "within noise" as
+    "quantization is harmless".
+    """
+    fp = sub[(sub["method"] == "FP32") & (sub["iters"] == iters)]
+    if fp.empty:
+        return None
+    row = fp.iloc[0]
+    if row["success"] >= floor:
+        return None
+    paper = "" if pd.isna(row["paper"]) else f" (the paper's DINO-WM: {row['paper']:.2f})"
+    return (f"  - caveat: FP32 itself succeeds in {row['successes']} of {row['n']} episodes "
+            f"within {iters} iters here{paper}, so a quantized model has at most "
+            f"{row['success']:.2f} to lose: at this baseline and size, 'within noise' means the "
+            f"study cannot tell, not that quantization is harmless.")
+
+
 def _agreement(kit_sign: float, paper_sign: float) -> str:
     if np.isnan(kit_sign) or np.isnan(paper_sign):
         return "cannot be decided"
@@ -246,6 +266,7 @@ def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
     for env, sub in frame.groupby("env", sort=False):
         last = int(sub["iters"].max())
         lines.append(f"*{env}* (success within {last} iters, group 128 vs per-channel):")
+        lines += filter(None, [baseline_caveat(sub, last)])
         for bits in (4, 3):
             pairs = match_pairs(sub, "group", None, 128, {"w_bits": bits, "a_bits": FLOAT})
             c = compare(store, pairs, last)
@@ -285,6 +306,7 @@ def verdict_insight2(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
         pairs = match_pairs(sub, "act_granularity", "per-tensor", "per-token")
         c = compare(store, pairs, last)
         lines.append(f"- *{env}*, within {last} iters, per-tensor -> per-token: {_fmt_cmp(c)}")
+        lines += filter(None, [baseline_caveat(sub, last)])
         if c is None:
             continue
         any_pair = True
@@ -316,6 +338,7 @@ def verdict_insight3(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
         c = compare(store, pairs, last)
         lines.append(f"- *{env}*, within {last} iters, predictor-reduced -> encoder-reduced "
                      f"(same bits): {_fmt_cmp(c)}")
+        lines += filter(None, [baseline_caveat(sub, last)])
         if c is None:
             continue
         any_pair = True
