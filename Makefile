@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 PROFILE ?= quick
+DEVICE  ?=
 
 .PHONY: install test lint report clean
 
@@ -23,7 +24,7 @@ lint: install
 	$(BIN)/ruff check quantwm tests benchmarks
 
 report: install
-	$(BIN)/quantwm notebooks --profile $(PROFILE)
+	$(BIN)/quantwm notebooks --profile $(PROFILE) $(if $(DEVICE),--device $(DEVICE))
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -162,3 +162,16 @@ def test_verdicts_warn_when_fp32_is_too_weak_to_judge_by() -> None:
     assert weak is not None and "2 of 10" in weak and "0.94" in weak
     assert baseline_caveat(frame(9), 5) is None
     assert baseline_caveat(frame(2), 0) is None  # no FP32 row at that iters
+
+
+def test_reference_study_profile_is_the_papers_protocol() -> None:
+    from quantwm.plan import planner_config
+    from quantwm.study.grid import paper_iters
+    from quantwm.study.profiles import study_profile
+
+    exps = study_profile("reference").experiments(1)
+    assert len(exps) == len(study_profile("quick").experiments(1))
+    assert {e.profile for e in exps} == {"reference"}
+    assert {e.episodes for e in exps} == {50}
+    for env in ("wall", "pusht"):  # every "iters" column of the paper is planned
+        assert max(paper_iters(env)) == planner_config(env, "reference").mpc_rounds

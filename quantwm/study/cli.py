@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from quantwm.study.profiles import STUDY_PROFILES
 from quantwm.utils import REPO_DIR
 
 
 def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"),
-                        help="smoke: seconds (tests); quick: minutes; full: the paper's grid")
+    parser.add_argument("--profile", default="quick", choices=tuple(STUDY_PROFILES),
+                        help="smoke: seconds (tests); quick: minutes; full: 50 episodes; "
+                             "reference: the paper's planner too (GPU)")
     parser.add_argument("--output", default=str(REPO_DIR / "reports"),
                         help="folder for executed notebooks and HTML (default: reports/)")
     parser.add_argument("--only", nargs="*", metavar="NAME",
@@ -34,7 +36,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", type=int, nargs="+", required=True,
                         help="paper table number(s), 1-8")
     parser.add_argument("--env", default=None, help="only the tables of this env (wall|pusht)")
-    parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"))
+    parser.add_argument("--profile", default="quick", choices=tuple(STUDY_PROFILES))
     parser.add_argument("--variant", default="paper", choices=("paper", "designed"),
                         help="AWQ/OmniQuant as the reference ran them, or as designed")
     parser.add_argument("--seed", type=int, default=0)

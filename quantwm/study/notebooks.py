@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantwm.study.profiles import STUDY_PROFILES
 from quantwm.utils import REPO_DIR, atomic_path, atomic_write_text
 
 NOTEBOOK_DIR = REPO_DIR / "notebooks"
-PROFILES = ("smoke", "quick", "full")
+PROFILES = tuple(STUDY_PROFILES)
 _NUMBERED = re.compile(r"^\d\d_.+\.ipynb$")
 
 

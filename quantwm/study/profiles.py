@@ -2,7 +2,10 @@
 
 ``smoke`` exercises every code path in seconds (tests); ``quick`` runs every row of a table on
 few episodes (minutes per table); ``full`` is the paper's protocol size (50 episodes, every
-row). The planner profile behind each is one of ``quantwm.plan.PROFILES``.
+row) at the CPU planner budget (MPC rounds 0..5); ``reference`` is the paper's protocol exactly
+(the DINO-WM planner, MPC rounds 0..50 Wall / 0..30 PushT, so every "iters" column): a GPU's
+work, thousands of hours on a 2-core CPU. The planner profile behind each is one of
+``quantwm.plan.PROFILES``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ STUDY_PROFILES: dict[str, StudyProfile] = {
     "quick": StudyProfile("quick", planner="cpu", episodes=10, calibration_episodes=10,
                           rows=None),
     "full": StudyProfile("full", planner="cpu", episodes=50, calibration_episodes=50, rows=None),
+    "reference": StudyProfile("reference", planner="reference", episodes=50,
+                              calibration_episodes=50, rows=None),
 }
 
 
