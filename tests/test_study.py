@@ -163,6 +163,12 @@ def test_verdicts_warn_when_fp32_is_too_weak_to_judge_by() -> None:
     assert baseline_caveat(frame(9), 5) is None
     assert baseline_caveat(frame(2), 0) is None  # no FP32 row at that iters
 
+    from quantwm.study.analysis import _judged
+
+    assert "cannot tell" in _judged("agrees", weak)  # a weak baseline decides nothing...
+    assert _judged("disagrees", weak, significant=True) == "**disagrees**"  # ...unless it differs
+    assert _judged("agrees", None) == "**agrees**"
+
 
 def test_reference_study_profile_is_the_papers_protocol() -> None:
     from quantwm.plan import planner_config

@@ -251,6 +251,14 @@ def baseline_caveat(sub: pd.DataFrame, iters: int, floor: float = 0.5) -> str | 
             f"study cannot tell, not that quantization is harmless.")
 
 
+def _judged(word: str, weak: str | None, significant: bool = False) -> str:
+    """``**word**``, unless the FP32 baseline is too weak (``weak``: its caveat) and the kit's
+    difference is within noise: then the comparison cannot tell agreement from disagreement."""
+    if weak and not significant:
+        return "**cannot tell** (the FP32 baseline is too weak: see the caveat)"
+    return f"**{word}**"
+
+
 def _agreement(kit_sign: float, paper_sign: float) -> str:
     if np.isnan(kit_sign) or np.isnan(paper_sign):
         return "cannot be decided"
@@ -266,7 +274,8 @@ def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
     for env, sub in frame.groupby("env", sort=False):
         last = int(sub["iters"].max())
         lines.append(f"*{env}* (success within {last} iters, group 128 vs per-channel):")
-        lines += filter(None, [baseline_caveat(sub, last)])
+        weak = baseline_caveat(sub, last)
+        lines += filter(None, [weak])
         for bits in (4, 3):
             pairs = match_pairs(sub, "group", None, 128, {"w_bits": bits, "a_bits": FLOAT})
             c = compare(store, pairs, last)
@@ -283,13 +292,15 @@ def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
                 ok = (kit_gain > 0) == (p > 0)
                 lines.append(f"  - the paper's same rows: {p:+.2f} (grouping {paper_says}); "
                              f"here grouping {kit_says}: the kit "
-                             f"**{'agrees' if ok else 'disagrees'}** with the paper at W4.")
+                             f"{_judged('agrees' if ok else 'disagrees', weak, c.significant)} "
+                             f"with the paper at W4.")
             else:
                 best = max(c.rate_a, c.rate_b)
                 collapsed = best <= 0.2
                 lines.append(f"  - the paper: W3 collapses (near 0) either way; here the better "
                              f"of the two pools reaches {best:.2f}: the kit "
-                             f"**{'agrees' if collapsed else 'disagrees'}** (collapse = <= 0.20).")
+                             f"{_judged('agrees' if collapsed else 'disagrees', weak)} "
+                             f"(collapse = <= 0.20).")
         lines.append("")
     if not any_pair:
         lines.append("This profile holds no W4/W3 pairs: run the `quick` or `full` profile.")
@@ -306,7 +317,8 @@ def verdict_insight2(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
         pairs = match_pairs(sub, "act_granularity", "per-tensor", "per-token")
         c = compare(store, pairs, last)
         lines.append(f"- *{env}*, within {last} iters, per-tensor -> per-token: {_fmt_cmp(c)}")
-        lines += filter(None, [baseline_caveat(sub, last)])
+        weak = baseline_caveat(sub, last)
+        lines += filter(None, [weak])
         if c is None:
             continue
         any_pair = True
@@ -315,7 +327,8 @@ def verdict_insight2(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
         lines.append(f"  - the paper's same rows: mean {p:+.2f}. The paper finds no consistent "
                      f"gain; here per-token is "
                      f"{'a consistent' if consistent else 'not a consistent'} gain: "
-                     f"the kit **{'disagrees' if consistent else 'agrees'}**.")
+                     f"the kit "
+                     f"{_judged('disagrees' if consistent else 'agrees', weak, c.significant)}.")
     if not any_pair:
         lines.append("This profile holds no per-token/per-tensor pair: run `quick` or `full`.")
     return "\n".join(lines)
@@ -338,7 +351,8 @@ def verdict_insight3(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
         c = compare(store, pairs, last)
         lines.append(f"- *{env}*, within {last} iters, predictor-reduced -> encoder-reduced "
                      f"(same bits): {_fmt_cmp(c)}")
-        lines += filter(None, [baseline_caveat(sub, last)])
+        weak = baseline_caveat(sub, last)
+        lines += filter(None, [weak])
         if c is None:
             continue
         any_pair = True
@@ -348,7 +362,7 @@ def verdict_insight3(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
                    else "agrees")
         lines.append(f"  - the paper's same rows: {p:+.2f} (negative = encoder more sensitive). "
                      f"Here the encoder is {'more' if kit < 0 else 'not more'} sensitive beyond "
-                     f"noise: the kit **{verdict}**.")
+                     f"noise: the kit {_judged(verdict, weak, c.significant)}.")
     if not any_pair:
         lines.append("This profile holds no encoder/predictor pair: run `quick` or `full`.")
     return "\n".join(lines)
