@@ -251,12 +251,12 @@ def baseline_caveat(sub: pd.DataFrame, iters: int, floor: float = 0.5) -> str | 
             f"study cannot tell, not that quantization is harmless.")
 
 
-def _judged(word: str, weak: str | None, significant: bool = False) -> str:
-    """``**word**``, unless the FP32 baseline is too weak (``weak``: its caveat) and the kit's
-    difference is within noise: then the comparison cannot tell agreement from disagreement."""
+def _judged(word: str, weak: str | None, significant: bool = False, rest: str = "") -> str:
+    """``**word**rest``, unless the FP32 baseline is too weak (``weak``: its caveat) and the
+    kit's difference is within noise: then it cannot tell agreement from disagreement."""
     if weak and not significant:
-        return "**cannot tell** (the FP32 baseline is too weak: see the caveat)"
-    return f"**{word}**"
+        return "**cannot tell** whether it agrees (the FP32 baseline is too weak: see the caveat)"
+    return f"**{word}**{rest}"
 
 
 def _agreement(kit_sign: float, paper_sign: float) -> str:
@@ -290,17 +290,17 @@ def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
                 kit_says = ("helps" if kit_gain > 0 else "hurts" if kit_gain < 0
                             else "makes no difference beyond noise")
                 ok = (kit_gain > 0) == (p > 0)
+                judged = _judged("agrees" if ok else "disagrees", weak, c.significant,
+                                 " with the paper at W4")
                 lines.append(f"  - the paper's same rows: {p:+.2f} (grouping {paper_says}); "
-                             f"here grouping {kit_says}: the kit "
-                             f"{_judged('agrees' if ok else 'disagrees', weak, c.significant)} "
-                             f"with the paper at W4.")
+                             f"here grouping {kit_says}: the kit {judged}.")
             else:
                 best = max(c.rate_a, c.rate_b)
                 collapsed = best <= 0.2
+                judged = _judged("agrees" if collapsed else "disagrees", weak,
+                                 rest=" (collapse = <= 0.20)")
                 lines.append(f"  - the paper: W3 collapses (near 0) either way; here the better "
-                             f"of the two pools reaches {best:.2f}: the kit "
-                             f"{_judged('agrees' if collapsed else 'disagrees', weak)} "
-                             f"(collapse = <= 0.20).")
+                             f"of the two pools reaches {best:.2f}: the kit {judged}.")
         lines.append("")
     if not any_pair:
         lines.append("This profile holds no W4/W3 pairs: run the `quick` or `full` profile.")
