@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from quantwm.model import load
-from quantwm.study.analysis import ground_truth_segment
+from quantwm.study.analysis import ground_truth_segment, open_loop_latents
 
 
 @torch.inference_mode()
@@ -27,11 +27,8 @@ def rollout_error(env: str, segments: int, steps: int = 5) -> tuple[np.ndarray, 
     h = model.config.num_hist
     errors, changes = [], []
     for traj in range(segments):
-        seg = ground_truth_segment(env, frames=h + steps, traj=traj)
-        z = model.encode(seg.visual, seg.proprio)
-        actions = model.normalize_action(seg.actions)
-        z_pred = model.rollout(z[:, :h], actions[:, h - 1:],
-                               hist_actions=actions[:, : h - 1] if h > 1 else None)
+        z, z_pred = open_loop_latents(model, ground_truth_segment(env, frames=h + steps,
+                                                                  traj=traj))
         truth = z[:, h:]
         errors.append((z_pred - truth).square().mean(dim=(0, 2, 3)).numpy())
         changes.append((truth - z[:, h - 1: h]).square().mean(dim=(0, 2, 3)).numpy())

@@ -12,7 +12,7 @@ notebooks only choose parameters, call these functions and show what they return
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,10 +259,16 @@ def _judged(word: str, weak: str | None, significant: bool = False, rest: str = 
     return f"**{word}**{rest}"
 
 
-def _agreement(kit_sign: float, paper_sign: float) -> str:
-    if np.isnan(kit_sign) or np.isnan(paper_sign):
-        return "cannot be decided"
-    return "agrees" if np.sign(kit_sign) == np.sign(paper_sign) else "disagrees"
+def _paired_by_env(frame: pd.DataFrame, store: ResultStore,
+                   pairs_of: Callable[[pd.DataFrame], list[tuple[str, str]]]
+                   ) -> Iterator[tuple[str, pd.DataFrame, int, list, PairedComparison | None,
+                                       str | None]]:
+    """Per env of ``frame``: (env, its rows, last iters, the pairs ``pairs_of`` finds, their
+    paired comparison at the last iters (None without pairs), the FP32 baseline caveat)."""
+    for env, sub in frame.groupby("env", sort=False):
+        last = int(sub["iters"].max())
+        pairs = pairs_of(sub)
+        yield env, sub, last, pairs, compare(store, pairs, last), baseline_caveat(sub, last)
 
 
 def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> str:
@@ -275,7 +281,8 @@ def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
         last = int(sub["iters"].max())
         lines.append(f"*{env}* (success within {last} iters, group 128 vs per-channel):")
         weak = baseline_caveat(sub, last)
-        lines += filter(None, [weak])
+        if weak:
+            lines.append(weak)
         for bits in (4, 3):
             pairs = match_pairs(sub, "group", None, 128, {"w_bits": bits, "a_bits": FLOAT})
             c = compare(store, pairs, last)
@@ -307,18 +314,20 @@ def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
     return "\n".join(lines)
 
 
+def _granularity_pairs(sub: pd.DataFrame) -> list[tuple[str, str]]:
+    """(per-tensor, per-token) keys of otherwise equal configurations."""
+    return match_pairs(sub, "act_granularity", "per-tensor", "per-token")
+
+
 def verdict_insight2(frame: pd.DataFrame, store: ResultStore, profile: str) -> str:
     """Insight II: per-token activations give no consistent gain over per-tensor (Tables 3-6)."""
     lines = [f"**Insight II (per-token vs per-tensor activations), from the `{profile}` "
              f"profile.**", ""]
     any_pair = False
-    for env, sub in frame.groupby("env", sort=False):
-        last = int(sub["iters"].max())
-        pairs = match_pairs(sub, "act_granularity", "per-tensor", "per-token")
-        c = compare(store, pairs, last)
+    for env, sub, last, pairs, c, weak in _paired_by_env(frame, store, _granularity_pairs):
         lines.append(f"- *{env}*, within {last} iters, per-tensor -> per-token: {_fmt_cmp(c)}")
-        weak = baseline_caveat(sub, last)
-        lines += filter(None, [weak])
+        if weak:
+            lines.append(weak)
         if c is None:
             continue
         any_pair = True
@@ -334,32 +343,34 @@ def verdict_insight2(frame: pd.DataFrame, store: ResultStore, profile: str) -> s
     return "\n".join(lines)
 
 
+def _encoder_predictor_pairs(sub: pd.DataFrame) -> list[tuple[str, str]]:
+    """(predictor reduced, encoder reduced) keys with the same method and bits, other part 8/8."""
+    cfg = sub.drop_duplicates("key")
+    enc = cfg[(cfg["pred_w"] == 8) & (cfg["pred_a"] == 8) & (cfg["enc_w"] * cfg["enc_a"] < 64)]
+    pairs = []
+    for _, r in enc.iterrows():
+        m = cfg[(cfg["method"] == r["method"]) & (cfg["enc_w"] == 8) & (cfg["enc_a"] == 8)
+                & (cfg["pred_w"] == r["enc_w"]) & (cfg["pred_a"] == r["enc_a"])]
+        pairs += [(k, r["key"]) for k in m["key"]]
+    return pairs
+
+
 def verdict_insight3(frame: pd.DataFrame, store: ResultStore, profile: str) -> str:
     """Insight III: the encoder is more sensitive than the predictor (Tables 7-8)."""
     lines = [f"**Insight III (encoder vs predictor sensitivity), from the `{profile}` "
              f"profile.**", ""]
     any_pair = False
-    for env, sub in frame.groupby("env", sort=False):
-        last = int(sub["iters"].max())
-        cfg = sub.drop_duplicates("key")
-        enc = cfg[(cfg["pred_w"] == 8) & (cfg["pred_a"] == 8) & (cfg["enc_w"] * cfg["enc_a"] < 64)]
-        pairs = []
-        for _, r in enc.iterrows():
-            m = cfg[(cfg["method"] == r["method"]) & (cfg["enc_w"] == 8) & (cfg["enc_a"] == 8)
-                    & (cfg["pred_w"] == r["enc_w"]) & (cfg["pred_a"] == r["enc_a"])]
-            pairs += [(k, r["key"]) for k in m["key"]]  # a = predictor reduced, b = encoder
-        c = compare(store, pairs, last)
+    for env, sub, last, pairs, c, weak in _paired_by_env(frame, store, _encoder_predictor_pairs):
         lines.append(f"- *{env}*, within {last} iters, predictor-reduced -> encoder-reduced "
                      f"(same bits): {_fmt_cmp(c)}")
-        weak = baseline_caveat(sub, last)
-        lines += filter(None, [weak])
+        if weak:
+            lines.append(weak)
         if c is None:
             continue
         any_pair = True
         p = paper_diff(sub, pairs, last)
         kit = c.diff if c.significant else 0.0
-        verdict = ("agrees" if kit < 0 and p < 0 else "disagrees" if (kit < 0) != (p < 0)
-                   else "agrees")
+        verdict = "agrees" if (kit < 0) == (p < 0) else "disagrees"
         lines.append(f"  - the paper's same rows: {p:+.2f} (negative = encoder more sensitive). "
                      f"Here the encoder is {'more' if kit < 0 else 'not more'} sensitive beyond "
                      f"noise: the kit {_judged(verdict, weak, c.significant)}.")
@@ -611,17 +622,26 @@ def ground_truth_segment(env: str, frames: int = 6, traj: int = 0, start: int = 
 
 
 @torch.no_grad()
-def open_loop(model: torch.nn.Module, seg: Segment) -> dict[str, torch.Tensor]:
-    """Encode the history frames, roll the predictor out open loop with the true actions and
-    decode. Returns ``truth``, ``recon`` (decode(encode(truth))) and ``pred`` (history frames
-    reconstructed, then the predicted frames), each ``(T, 3, H, W)``."""
+def open_loop_latents(model: torch.nn.Module, seg: Segment) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode every frame of ``seg`` and roll the predictor out open loop from the first
+    ``num_hist`` with the true actions: ``z (1, T, N, D)`` and ``z_pred (1, T - num_hist, N, D)``
+    (``z_pred[:, k]`` predicts ``z[:, num_hist + k]``)."""
     dev = next(model.parameters()).device
     vis, prop, act = seg.visual.to(dev), seg.proprio.to(dev), seg.actions.to(dev)
     h = model.config.num_hist
     z = model.encode(vis, prop)
     acts = model.normalize_action(act)
     hist = acts[:, : h - 1] if h > 1 else None
-    z_pred = model.rollout(z[:, :h], acts[:, h - 1:], hist_actions=hist)
+    return z, model.rollout(z[:, :h], acts[:, h - 1:], hist_actions=hist)
+
+
+@torch.no_grad()
+def open_loop(model: torch.nn.Module, seg: Segment) -> dict[str, torch.Tensor]:
+    """Encode the history frames, roll the predictor out open loop with the true actions and
+    decode. Returns ``truth``, ``recon`` (decode(encode(truth))) and ``pred`` (history frames
+    reconstructed, then the predicted frames), each ``(T, 3, H, W)``."""
+    h = model.config.num_hist
+    z, z_pred = open_loop_latents(model, seg)
     recon = model.decode(z)
     pred = torch.cat([recon[:, :h], model.decode(z_pred)], dim=1)
     return {"truth": seg.visual[0], "recon": recon[0].cpu(), "pred": pred[0].cpu()}
