@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/plan_speed.py                 # both envs, cpu + reference
     .venv/bin/python benchmarks/plan_speed.py --envs wall --torch-profile
+    python benchmarks/plan_speed.py --device cuda --measure-episodes 50 --max-batch 16384
 
 For each environment it prints:
   * the predictor's achieved GFLOP/s inside the planner's batched rollout (FLOPs counted by
@@ -32,43 +33,50 @@ CONFIG_COLUMNS = ["table", "env", "method", "w_bits", "a_bits", "group", "act_gr
                   "enc_w", "enc_a", "pred_w", "pred_a"]
 
 
-def load_model(env: str) -> tuple[torch.nn.Module, str]:
+def load_model(env: str, device: torch.device) -> tuple[torch.nn.Module, str]:
     path = DATA_DIR / "checkpoints" / f"{env}.pt"
     if path.exists():
         from quantwm.model import load
 
-        return load(env, device="cpu"), f"checkpoint {path}"
+        return load(env, device=device), f"checkpoint {path}"
     from quantwm.model.world_model import WorldModel, WorldModelConfig
 
-    return WorldModel(WorldModelConfig.for_env(env)), "random init (no checkpoint yet)"
+    return WorldModel(WorldModelConfig.for_env(env)).to(device), "random init (no checkpoint yet)"
 
 
-def best_of(fn, repeats: int = 3) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(fn, device: torch.device, repeats: int = 3) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync(device)
         t = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - t)
     return min(times)
 
 
-def matmul_gflops(rows: int, k: int, n: int) -> float:
-    x, w = torch.randn(rows, k), torch.randn(k, n)
-    return 2 * rows * k * n / best_of(lambda: torch.matmul(x, w)) / 1e9
+def matmul_gflops(rows: int, k: int, n: int, device: torch.device) -> float:
+    x, w = torch.randn(rows, k, device=device), torch.randn(k, n, device=device)
+    return 2 * rows * k * n / best_of(lambda: torch.matmul(x, w), device) / 1e9
 
 
 def random_latents(model: torch.nn.Module, n_ep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    c = model.config
-    z = torch.randn(n_ep, 1, c.num_patches, c.latent_dim)
-    return z, torch.randn(n_ep, c.num_patches, c.latent_dim)
+    c, dev = model.config, model.device
+    z = torch.randn(n_ep, 1, c.num_patches, c.latent_dim, device=dev)
+    return z, torch.randn(n_ep, c.num_patches, c.latent_dim, device=dev)
 
 
 def cem_step_seconds(model: torch.nn.Module, cfg: PlannerConfig, n_ep: int) -> tuple[float, float]:
     """(seconds of one CEM step for n_ep episodes, predictor GFLOP/s achieved in it)."""
     c = model.config
     z, goal = random_latents(model, n_ep)
-    actions = torch.randn(n_ep, cfg.samples, cfg.horizon, c.action_dim)
+    actions = torch.randn(n_ep, cfg.samples, cfg.horizon, c.action_dim, device=model.device)
     kw = {"proprio_dim": proprio_emb_dim(model), "proprio_weight": 1.0,
           "max_batch": cfg.max_batch}
     with torch.inference_mode():
@@ -78,7 +86,7 @@ def cem_step_seconds(model: torch.nn.Module, cfg: PlannerConfig, n_ep: int) -> t
         gens = [torch.Generator().manual_seed(i) for i in range(n_ep)]
         one = cfg.replace(cem_steps=1)
         seconds = best_of(lambda: cem_plan(model, z, goal, gens, one, c.action_dim,
-                                                   kw["proprio_dim"]), 2)
+                                           kw["proprio_dim"]), model.device, 2)
     return seconds, flops_per_seq * n_ep * cfg.samples / seconds / 1e9
 
 
@@ -93,7 +101,8 @@ def mpc_round_seconds(model: torch.nn.Module, env: str, cfg: PlannerConfig, n_ep
     except (ImportError, AttributeError) as err:
         print(f"  (no real MPC round: {err})")
         return None
-    res = plan_episodes(model, episodes, cfg.replace(mpc_rounds=0), progress=False)
+    res = plan_episodes(model, episodes, cfg.replace(mpc_rounds=0), device=model.device,
+                        progress=False)
     return res.round_seconds[0]
 
 
@@ -114,7 +123,8 @@ def torch_profile(model: torch.nn.Module, cfg: PlannerConfig) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     z, goal = random_latents(model, 4)
-    actions = torch.randn(4, cfg.samples, cfg.horizon, model.config.action_dim)
+    actions = torch.randn(4, cfg.samples, cfg.horizon, model.config.action_dim,
+                          device=model.device)
     kw = {"proprio_dim": proprio_emb_dim(model), "proprio_weight": 1.0,
           "max_batch": cfg.max_batch}
     with torch.inference_mode():
@@ -133,25 +143,33 @@ def main() -> None:
                         help="episodes in the timed CEM step (scaled linearly to --episodes)")
     parser.add_argument("--no-mpc", action="store_true", help="skip the real MPC round")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="most sequences per rollout call (default: the profile's)")
     parser.add_argument("--torch-profile", action="store_true",
                         help="print torch.profiler's top ops of one batched rollout")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    device = torch.device(args.device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {device}: {where}")
     configs = study_configurations()
     worst: dict[tuple[str, str], float] = {}
     for env in args.envs:
-        model, origin = load_model(env)
+        model, origin = load_model(env, device)
         model.eval()
         c = model.config
         print(f"\n== {env}: {origin}; predictor width {c.pred_dim}, depth {c.pred_depth}, "
               f"{c.num_patches} patches, num_hist {c.num_hist}")
         for profile in args.profiles:
             cfg = planner_config(env, profile)
+            if args.max_batch:
+                cfg = cfg.replace(max_batch=args.max_batch)
             step, gflops = cem_step_seconds(model, cfg, args.measure_episodes)
             rows = min(cfg.max_batch, args.measure_episodes * cfg.samples) * c.num_patches
-            ref = matmul_gflops(rows, c.pred_dim, int(round(c.pred_dim * c.mlp_ratio)))
+            ref = matmul_gflops(rows, c.pred_dim, int(round(c.pred_dim * c.mlp_ratio)), device)
             step_all = step * args.episodes / args.measure_episodes
             plan_round = step_all * cfg.cem_steps
             print(f"[{profile}] samples {cfg.samples}, topk {cfg.topk}, CEM steps "

@@ -155,9 +155,9 @@ def point_episodes(n: int, seed: int = 0, distance: float = 8.0) -> Episodes:
 FAST = PlannerConfig(samples=64, topk=8, cem_steps=4, mpc_rounds=4, seed=3)
 
 
-def run(episodes: Episodes, config: PlannerConfig = FAST):
-    return plan_episodes(ToyWorldModel(), episodes, config, progress=False,
-                         make_env=make_point_env)
+def run(episodes: Episodes, config: PlannerConfig = FAST, device: str | torch.device = "cpu"):
+    return plan_episodes(ToyWorldModel().to(device), episodes, config, device=device,
+                         progress=False, make_env=make_point_env)
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -203,8 +203,8 @@ def test_objective_visual_plus_weighted_proprio() -> None:
 
 
 # ------------------------------------------------------------------------------ planning
-def test_planner_reaches_goal_on_known_dynamics() -> None:
-    res = run(point_episodes(6))
+def test_planner_reaches_goal_on_known_dynamics(device) -> None:
+    res = run(point_episodes(6), device=device)
     assert res.success_at(FAST.mpc_rounds) == 1.0
     assert res.success_by_round.shape == (6, FAST.mpc_rounds + 1)
     # The CEM improves its plan within a round and the latent distance falls across rounds.
@@ -220,20 +220,20 @@ def test_execute_best_sample_reaches_goal() -> None:
     assert res.success_at(FAST.mpc_rounds) == 1.0
 
 
-def test_batched_equals_one_by_one() -> None:
+def test_batched_equals_one_by_one(device) -> None:
     eps = point_episodes(4, seed=1)
-    batched = run(eps)
+    batched = run(eps, device=device)
     for i in range(4):
         one = run(Episodes("wall", eps.start_states[i:i + 1], eps.goal_states[i:i + 1],
-                           eps.ids[i:i + 1]))
+                           eps.ids[i:i + 1]), device=device)
         np.testing.assert_allclose(one.loss_best[0], batched.loss_best[i], rtol=1e-5)
         np.testing.assert_allclose(one.actions[0], batched.actions[i], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(one.success_by_round[0], batched.success_by_round[i])
 
 
-def test_deterministic_and_seed_matters() -> None:
+def test_deterministic_and_seed_matters(device) -> None:
     eps = point_episodes(3, seed=2)
-    a, b = run(eps), run(eps)
+    a, b = run(eps, device=device), run(eps, device=device)
     np.testing.assert_array_equal(a.loss_best, b.loss_best)
     np.testing.assert_array_equal(a.actions, b.actions)
     c = run(eps, FAST.replace(seed=4))
@@ -256,14 +256,15 @@ def test_success_bookkeeping() -> None:
         res.success_at(FAST.mpc_rounds + 1)
 
 
-def test_planner_reaches_goal_in_real_wall_env() -> None:
+def test_planner_reaches_goal_in_real_wall_env(device) -> None:
     """The true-state toy (latent = position) steers the real Wall env within one room."""
     pytest.importorskip("quantwm.envs.wall")
     starts = np.array([[10.0, 12.0], [40.0, 50.0], [15.0, 45.0]])
     goals = np.array([[30.0, 40.0], [52.0, 20.0], [25.0, 15.0]])
     params = {"wall_x": np.array([44.0, 30.0, 44.0]), "door_y": np.array([32.0, 20.0, 40.0])}
     eps = Episodes("wall", starts, goals, ["w0", "w1", "w2"], params)
-    res = plan_episodes(ToyWorldModel(gain=2.0, action_high=2.0), eps, FAST, progress=False)
+    res = plan_episodes(ToyWorldModel(gain=2.0, action_high=2.0).to(device), eps, FAST,
+                        device=device, progress=False)
     assert res.success_at(FAST.mpc_rounds) == 1.0
     assert np.all(res.goal_distance[np.arange(3), res.rounds_run - 1] < 4.5)
 

@@ -32,8 +32,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model() -> ToyWorldModel:
-    return ToyWorldModel(enc_depth=1, pred_depth=2).eval()
+def model(device) -> ToyWorldModel:
+    """The toy world model on the test device (``pytest --device cuda``; default cpu)."""
+    return ToyWorldModel(enc_depth=1, pred_depth=2).eval().to(device)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,8 @@ def test_fold_into_norm_keeps_block_output(model, calib, seed):
     for _, block in find_blocks(part):
         for grp in DINO_WM_LAYOUT.groups:
             d = block.get_submodule(grp.norm).weight.shape[0]
-            s = torch.rand(d, generator=g) * 4 + 0.1
-            shift = torch.randn(d, generator=g)
+            s = (torch.rand(d, generator=g) * 4 + 0.1).to(block.norm1.weight.device)
+            shift = torch.randn(d, generator=g).to(s.device)
             fold_into_norm(block.get_submodule(grp.norm),
                            [block.get_submodule(p) for p in grp.linears], s, shift)
     torch.testing.assert_close(_part_out(part, calib["predictor"]), before,

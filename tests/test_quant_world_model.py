@@ -17,17 +17,18 @@ wm = pytest.importorskip("quantwm.model.world_model")
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(device):
     cfg = wm.WorldModelConfig.for_env(
         "pusht", img_size=16, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2,
         pred_depth=2, pred_heads=2, pred_head_dim=16,
     )
-    model = wm.WorldModel(cfg).eval()
+    model = wm.WorldModel(cfg).eval().to(device)
     g = torch.Generator().manual_seed(0)
     n, d = cfg.num_patches, cfg.pred_dim
     calib = {
-        "encoder": [torch.rand(4, 3, 16, 16, generator=g) for _ in range(2)],
-        "predictor": [torch.randn(4, t * n, d, generator=g) for t in (1, 3)],  # 1 and 3 frames
+        "encoder": [torch.rand(4, 3, 16, 16, generator=g).to(device) for _ in range(2)],
+        "predictor": [torch.randn(4, t * n, d, generator=g).to(device)
+                      for t in (1, 3)],  # 1 and 3 frames
     }
     return model, calib
 

@@ -127,13 +127,14 @@ def make_calibration(model: ToyWorldModel, n_batches: int = 3, batch: int = 8,
                      frames: tuple[int, ...] = (1, 2), seed: int = 1) -> dict:
     """Calibration inputs as the planner would record them: images for the encoder, token
     sequences of 1 or 2 frames (different shapes) for the predictor."""
-    g = torch.Generator().manual_seed(seed)
-    images = [torch.rand(batch, 3, 16, 16, generator=g) for _ in range(n_batches)]
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU, placed on the model's device
+    dev = next(model.parameters()).device
+    images = [torch.rand(batch, 3, 16, 16, generator=g).to(dev) for _ in range(n_batches)]
     with torch.no_grad():
         z = [model.encoder(x) for x in images]
     tokens = []
     for i, zi in enumerate(z):
         t = frames[i % len(frames)]
         tokens.append(torch.cat([zi] * t, dim=1) + 0.1 * torch.randn(
-            batch, t * zi.shape[1], zi.shape[2], generator=g))
+            batch, t * zi.shape[1], zi.shape[2], generator=g).to(dev))
     return {"encoder": images, "predictor": tokens}

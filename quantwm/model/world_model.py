@@ -117,6 +117,11 @@ class WorldModel(nn.Module):
         self.meta: dict[str, Any] = {}  # training metadata, filled by quantwm.model.load
         self.apply(_init_weights)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives (inputs of ``encode`` / ``rollout`` must be there too)."""
+        return self.action_mean.device
+
     # ----------------------------------------------------------------------------- normalisation
     def set_normalization(self, action_mean: torch.Tensor, action_std: torch.Tensor,
                           proprio_mean: torch.Tensor, proprio_std: torch.Tensor) -> None:
