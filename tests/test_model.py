@@ -306,9 +306,40 @@ def test_latent_standardization_keeps_decoded_images():
 
 
 def test_dynamics_losses_checks_window_length():
-    model = tiny_model("wall")
-    data = DotWindows(4, num_frames=3, proprio_dim=2)
+    model = tiny_model("pusht")  # num_hist 3: windows need >= 4 frames
+    data = DotWindows(4, num_frames=3, proprio_dim=4)
     from quantwm.model.train import collate
 
     with pytest.raises(ValueError, match="num_hist"):
         dynamics_losses(model, collate(data, np.arange(2), "cpu"))
+
+
+def test_rollout_loss_is_the_open_loop_rollout_error():
+    """Longer windows add z_rollout = the error of ``rollout`` from the first num_hist frames,
+    and leave the teacher-forced loss (the reference's) as it was on the first num_hist + 1."""
+    from quantwm.model.train import collate
+
+    model = tiny_model("pusht")
+    data = DotWindows(8, num_frames=6, proprio_dim=4)  # num_hist 3 + K = 3 rollout steps
+    model.set_normalization(**dataset_stats(data, n=8))
+    batch = collate(data, np.arange(8), "cpu")
+    with torch.no_grad():
+        long = dynamics_losses(model, batch)
+        short = dynamics_losses(model, {k: v[:, :4] for k, v in batch.items()})
+        z = model.encode(batch["visual"], batch["proprio"])
+        act = model.normalize_action(batch["action"])
+        rolled = model.rollout(z[:, :3], act[:, 2:5], hist_actions=act[:, :2])
+    assert "z_rollout" not in short
+    torch.testing.assert_close(long["z_loss"], short["z_loss"])
+    torch.testing.assert_close(long["z_rollout"], (rolled - z[:, 3:]).pow(2).mean())
+
+
+def test_training_with_rollout_loss_reduces_it():
+    data = DotWindows(128, num_frames=3, proprio_dim=2)  # Wall: num_hist 1, K = 2
+    model = tiny_model("wall", seed=2)
+    model.set_normalization(**dataset_stats(data, n=128))
+    before = evaluate_dynamics(model, data, n=64)
+    summary = train_dynamics(model, data, data, max_steps=40, batch_size=16, lr=2e-3,
+                             seed=0, quiet=True, log_every=5)
+    assert summary["val"]["z_rollout"] < 0.7 * before["z_rollout"]
+    assert summary["rollout_weight"] == 1.0

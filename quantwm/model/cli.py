@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--rollout-steps", type=int, default=1, metavar="K",
+                   help="train on K-step open-loop rollouts as well (default 1: teacher "
+                        "forcing only, as the reference)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or CHECKPOINT_DIR / f"{env}.pt"
     train_world_model(env, out, encoder_path=args.encoder, minutes=args.minutes,
                       steps=args.steps, seed=args.seed, device=args.device, resume=args.resume,
-                      batch_size=args.batch_size, lr=args.lr)
+                      rollout_steps=args.rollout_steps, batch_size=args.batch_size, lr=args.lr)
     return 0
 
 
@@ -94,8 +97,14 @@ def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None
 
 def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float | None,
                       steps: int | None = None, seed: int = 0, device: str = "cpu",
-                      resume: bool = False, **kw: Any) -> WorldModel:
-    """Stage 2 for ``env`` on top of the frozen stage-1 encoder; saves to ``out``."""
+                      resume: bool = False, rollout_steps: int = 1, **kw: Any) -> WorldModel:
+    """Stage 2 for ``env`` on top of the frozen stage-1 encoder; saves to ``out``.
+
+    ``rollout_steps`` K > 1 trains on windows of num_hist + K frames with the K-step rollout
+    loss added (``quantwm.model.train.dynamics_losses``).
+    """
+    if not isinstance(rollout_steps, int) or rollout_steps < 1:
+        raise ValueError(f"rollout_steps must be an int >= 1, got {rollout_steps!r}")
     from quantwm.model.sources import frame_windows, load_trajectories, trajectory_frames
     from quantwm.model.train import (
         dataset_stats,
@@ -119,7 +128,7 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     frames = trajectory_frames(env, trajs, "train", 64, config.frameskip, config.img_size, seed)
     standardization = set_latent_standardization(model, frames)
     print(f"{env}: encoder output standardised: {standardization}")
-    T = config.num_hist + 1
+    T = config.num_hist + rollout_steps
     train_set = frame_windows(env, trajs, "train", T, config.frameskip, config.img_size)
     val_set = frame_windows(env, trajs, "val", T, config.frameskip, config.img_size)
     model.set_normalization(**dataset_stats(train_set, n=2048, seed=seed))
@@ -128,7 +137,8 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
                              resume=resume, **_overrides(**kw))
     encoder_meta = copy.deepcopy(pretrained.meta)
     encoder_meta.get("training", {}).pop("history", None)
-    save(model, out, stage="world_model", env=env, seed=seed, training=summary,
+    save(model, out, stage="world_model", env=env, seed=seed, rollout_steps=rollout_steps,
+         training=summary,
          encoder=encoder_meta, standardization=standardization)
     print(f"{env}: {summary['steps']} steps in {summary['minutes']} min, train "
           f"{summary['final']}, val {summary.get('val')} -> {out}")

@@ -39,6 +39,9 @@ Stage 2, ``train_dynamics``: the encoder is frozen; the predictor and the action
 embeddings learn the reference's loss, the MSE between the teacher-forced predictions of
 frames 1..T and the (detached) latents of those frames on the visual and proprio dims, all
 frames in one pass, AdamW. The decoder keeps training on detached latents (for viewing).
+Optionally (``--rollout-steps K`` > 1, not in the reference) windows hold K - 1 more frames and
+the loss adds the error of the K-step open-loop ``rollout`` from the first ``num_hist`` frames:
+the error the planner's 5-step rollouts actually accumulate, which teacher forcing never sees.
 
 Both stages run to a time budget (``minutes``) and/or a step budget (``max_steps``), draw
 their batches from ``numpy.random.default_rng([seed, step])`` (so a resumed run sees the same
@@ -309,32 +312,40 @@ def set_latent_standardization(model: WorldModel, frames: torch.Tensor) -> dict[
 
 def dynamics_losses(model: WorldModel, batch: dict[str, torch.Tensor], decoder_frames: int = 1
                     ) -> dict[str, torch.Tensor]:
-    """Stage-2 losses of one batch of windows of T = num_hist + 1 frames.
+    """Stage-2 losses of one batch of windows of T = num_hist + K frames (K >= 1).
 
-    ``z_loss`` (trained) is the MSE over visual + proprio dims between ``predict(z[:, :-1])``
-    and the detached ``z[:, 1:]``; ``z_visual`` / ``z_proprio`` are its two parts;
-    ``decoder`` is the reconstruction MSE of the decoder on the detached latents of the first
-    ``decoder_frames`` frames.
+    ``z_loss`` (the reference's loss) is the MSE over visual + proprio dims between the
+    teacher-forced ``predict`` of frames 1..num_hist and their detached latents;
+    ``z_visual`` / ``z_proprio`` are its two parts; ``decoder`` is the reconstruction MSE of the
+    decoder on the detached latents of the first ``decoder_frames`` frames. With K > 1,
+    ``z_rollout`` is the MSE of the K-step open-loop ``rollout`` from the first num_hist frames
+    against frames num_hist..T-1 (what the planner's rollouts get wrong).
     """
     c = model.config
     visual, proprio = batch["visual"], batch["proprio"]
     action = model.normalize_action(batch["action"])
     B, T = visual.shape[:2]
-    if T != c.num_hist + 1:
-        raise ValueError(f"windows have {T} frames; stage 2 needs num_hist + 1 = {c.num_hist + 1}")
+    H = c.num_hist
+    if T < H + 1:
+        raise ValueError(f"windows have {T} frames; stage 2 needs at least num_hist + 1 = {H + 1}")
     with torch.no_grad():  # frozen encoder
         patches = model.encoder(visual.flatten(0, 1)).unflatten(0, (B, T))
     z = _tile(patches, model.proprio_encoder(model.normalize_proprio(proprio)))
-    z_pred = model.predict(z[:, :-1], action[:, :-1])
-    target = z[:, 1:].detach()
+    z_pred = model.predict(z[:, :H], action[:, :H])
+    target = z[:, 1:H + 1].detach()
     err = (z_pred - target).pow(2)
     recon = model.decoder(model.encoder.unstandardize(patches[:, :decoder_frames].flatten(0, 1)))
-    return {
+    losses = {
         "z_loss": err.mean(),
         "z_visual": err[..., : c.enc_dim].mean(),
         "z_proprio": err[..., c.enc_dim:].mean(),
         "decoder": F.mse_loss(recon, visual[:, :decoder_frames].flatten(0, 1)),
     }
+    if T > H + 1:
+        hist_actions = action[:, :H - 1] if H > 1 else None
+        rolled = model.rollout(z[:, :H], action[:, H - 1:T - 1], hist_actions=hist_actions)
+        losses["z_rollout"] = (rolled - z[:, H:].detach()).pow(2).mean()
+    return losses
 
 
 @torch.no_grad()
@@ -359,14 +370,17 @@ def evaluate_dynamics(model: WorldModel, dataset: Windows, n: int = 256, batch_s
 def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | None = None, *,
                    minutes: float | None = None, max_steps: int | None = None,
                    batch_size: int = 32, lr: float = 5e-4, weight_decay: float = 0.01,
-                   decoder_weight: float = 1.0, seed: int = 0, device: torch.device | str = "cpu",
+                   decoder_weight: float = 1.0, rollout_weight: float = 1.0, seed: int = 0,
+                   device: torch.device | str = "cpu",
                    state_path: str | os.PathLike | None = None, resume: bool = False,
                    ckpt_minutes: float = 2.0, log_every: int = 20, quiet: bool = False
                    ) -> dict[str, Any]:
     """Stage 2: train predictor, action/proprio embeddings and decoder; encoder frozen.
 
     The model's normalisation buffers must already hold the training split's statistics.
-    Returns a summary (steps, minutes, final train and validation losses, history).
+    Windows longer than ``num_hist + 1`` frames add ``rollout_weight x z_rollout`` to the loss
+    (see ``dynamics_losses``). Returns a summary (steps, minutes, final train and validation
+    losses, history).
     """
     model.to(device).train()
     freeze_encoder(model)
@@ -384,6 +398,8 @@ def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | Non
         batch = collate(train_set, rng.integers(len(train_set), size=batch_size), device)
         losses = dynamics_losses(model, batch)
         loss = losses["z_loss"] + decoder_weight * losses["decoder"]
+        if "z_rollout" in losses:
+            loss = loss + rollout_weight * losses["z_rollout"]
         _update(opt, loss, params)
         return {k: v.item() for k, v in losses.items()}
 
@@ -396,7 +412,7 @@ def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | Non
     final = history[-1] if history else {}
     summary: dict[str, Any] = {
         "stage": "dynamics", "steps": step, "minutes": round(budget.elapsed() / 60, 2),
-        "batch_size": batch_size, "lr": lr,
+        "batch_size": batch_size, "lr": lr, "rollout_weight": rollout_weight,
         "final": {k: v for k, v in final.items() if k not in ("step", "minutes")},
         "history": history,
     }
