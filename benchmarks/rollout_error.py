@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/rollout_error.py            # both shipped models
     .venv/bin/python benchmarks/rollout_error.py --env pusht --segments 48
+    .venv/bin/python benchmarks/rollout_error.py --checkpoint data/checkpoints/pusht.pt other.pt
 
 For validation segments (history frames, then 5 frameskip steps with the dataset's actions) it
 prints, per rollout step k, the latent MSE of the open-loop prediction against the encoded
@@ -22,9 +23,11 @@ from quantwm.study.analysis import ground_truth_segment, open_loop_latents
 
 
 @torch.inference_mode()
-def rollout_error(env: str, segments: int, steps: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    model = load(env).eval()
-    h = model.config.num_hist
+def rollout_error(checkpoint: str, segments: int, steps: int = 5
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (prediction error, scene change) per rollout step; ``checkpoint``: env or path."""
+    model = load(checkpoint).eval()
+    env, h = model.config.env, model.config.num_hist
     errors, changes = [], []
     for traj in range(segments):
         z, z_pred = open_loop_latents(model, ground_truth_segment(env, frames=h + steps,
@@ -39,12 +42,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--env", choices=("wall", "pusht"), nargs="+", default=["wall", "pusht"])
     p.add_argument("--segments", type=int, default=24, help="validation trajectories used")
+    p.add_argument("--checkpoint", nargs="+", default=None, metavar="PATH",
+                   help="checkpoints to compare (instead of the shipped --env models)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    for env in args.env:
-        err, change = rollout_error(env, args.segments)
-        print(f"{env} ({args.segments} validation segments), by rollout step 1..{len(err)}:")
+    for name in args.checkpoint or args.env:
+        err, change = rollout_error(name, args.segments)
+        print(f"{name} ({args.segments} validation segments), by rollout step 1..{len(err)}:")
         print("  prediction error " + " ".join(f"{v:.4f}" for v in err))
         print("  scene change     " + " ".join(f"{v:.4f}" for v in change))
         print("  error / change   " + " ".join(f"{v:.2f}" for v in err / change))

@@ -78,7 +78,10 @@ def test_wall_trajectories_follow_the_dynamics(small: dict) -> None:
 
 def test_pusht_trajectories_push_the_block(small: dict) -> None:
     tr = small["pusht"]
-    assert block_moved(tr.states).mean() > 0.5
+    # slow pushes between walks to the next contact: the block moves in about a third of the
+    # steps, and nearly every trajectory (40 steps here) moves it
+    assert block_moved(tr.states).mean() > 0.2
+    assert block_moved(tr.states).any(axis=1).mean() >= 0.9
     corners = tee_corners(tr.states[..., 2:5])
     assert corners.min() > 4.0 and corners.max() < 508.0
     assert np.abs(tr.actions).max() <= 1.0
@@ -90,7 +93,7 @@ def test_pusht_trajectories_push_the_block(small: dict) -> None:
 def test_summary_reports_what_the_data_does(small: dict) -> None:
     w, p = summarize(small["wall"]), summarize(small["pusht"])
     assert 0.0 < w["fraction_through_door"] <= 1.0
-    assert p["fraction_steps_block_moves"] > 0.5
+    assert p["fraction_steps_block_moves"] > 0.2
 
 
 def test_bad_dataset_requests() -> None:
