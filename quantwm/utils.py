@@ -79,14 +79,19 @@ def _json_default(obj: Any) -> Any:
 
 
 def git_commit() -> str:
-    """The commit of the working tree (with '+dirty' when it has changes), or 'unknown'."""
+    """The commit of the working tree (with '+dirty' when it has changes), or 'unknown'.
+
+    Changes under ``data/results/`` do not count: a sweep writes its results there as it goes,
+    and they say nothing about the code that made them.
+    """
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True,
             text=True, check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             ":(exclude)data/results"], cwd=REPO_DIR,
             capture_output=True, text=True, check=True,
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
