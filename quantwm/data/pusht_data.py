@@ -9,10 +9,10 @@ stands in for the expert. Per trajectory:
    candidates, preferring points that face the agent, are near it, and whose push would not
    drive the T towards a wall.
 3. Approach: steer to 8 px outside the contact point, along its outward normal.
-4. Push: steer through the contact point into the block for 8-25 steps, with a per-push random
+4. Push: steer through the contact point into the block for 10-30 steps, with a per-push random
    sideways slant so that pushes both translate and turn the T; stop early when the T comes
-   within 25 px of a wall in the push direction or the agent loses contact.
-5. Re-target (back to 2) when the push ends, and with probability 0.04 at any step.
+   within 40 px of a wall in the push direction or the agent loses contact.
+5. Re-target (back to 2) when the push ends, and with probability 0.02 at any step.
 
 Actions are ``(aim - agent) / 100`` limited to a per-trajectory speed (pushing: 0.05-0.12,
 moving to a contact point: 0.10-0.20), plus Gaussian noise of std 0.17, clipped to [-1, 1]: the

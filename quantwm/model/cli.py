@@ -138,8 +138,7 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     encoder_meta = copy.deepcopy(pretrained.meta)
     encoder_meta.get("training", {}).pop("history", None)
     save(model, out, stage="world_model", env=env, seed=seed, rollout_steps=rollout_steps,
-         training=summary,
-         encoder=encoder_meta, standardization=standardization)
+         training=summary, encoder=encoder_meta, standardization=standardization)
     print(f"{env}: {summary['steps']} steps in {summary['minutes']} min, train "
           f"{summary['final']}, val {summary.get('val')} -> {out}")
     return model
