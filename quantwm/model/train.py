@@ -342,9 +342,7 @@ def dynamics_losses(model: WorldModel, batch: dict[str, torch.Tensor], decoder_f
         "decoder": F.mse_loss(recon, visual[:, :decoder_frames].flatten(0, 1)),
     }
     if T > H + 1:
-        hist_actions = action[:, :H - 1] if H > 1 else None
-        rolled = model.rollout(z[:, :H], action[:, H - 1:T - 1], hist_actions=hist_actions)
-        losses["z_rollout"] = (rolled - z[:, H:].detach()).pow(2).mean()
+        losses["z_rollout"] = (model.rollout_window(z, action) - z[:, H:].detach()).pow(2).mean()
     return losses
 
 

@@ -206,6 +206,15 @@ class WorldModel(nn.Module):
             frames.append(out)
         return torch.stack(frames[H:], 1)
 
+    def rollout_window(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Open loop over a recorded window: from the first ``num_hist`` frames of
+        ``z (B, T, N, Dz)``, with the window's normalised ``actions (B, >= T - 1, A)``
+        (``actions[:, t]`` taken at frame t), predict frames num_hist..T-1:
+        ``(B, T - num_hist, N, Dz)``."""
+        h, T = self.config.num_hist, z.shape[1]
+        hist = actions[:, : h - 1] if h > 1 else None
+        return self.rollout(z[:, :h], actions[:, h - 1: T - 1], hist_actions=hist)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents ``z (B, T, N, >= enc_dim)`` -> images ``(B, T, 3, H, W)`` in [0, 1]."""
         c = self.config

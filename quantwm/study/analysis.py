@@ -628,11 +628,8 @@ def open_loop_latents(model: torch.nn.Module, seg: Segment) -> tuple[torch.Tenso
     (``z_pred[:, k]`` predicts ``z[:, num_hist + k]``)."""
     dev = next(model.parameters()).device
     vis, prop, act = seg.visual.to(dev), seg.proprio.to(dev), seg.actions.to(dev)
-    h = model.config.num_hist
     z = model.encode(vis, prop)
-    acts = model.normalize_action(act)
-    hist = acts[:, : h - 1] if h > 1 else None
-    return z, model.rollout(z[:, :h], acts[:, h - 1:], hist_actions=hist)
+    return z, model.rollout_window(z, model.normalize_action(act))
 
 
 @torch.no_grad()
