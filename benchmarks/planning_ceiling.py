@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/planning_ceiling.py --env pusht --episodes 20
     .venv/bin/python benchmarks/planning_ceiling.py --env pusht --objective learned
     .venv/bin/python benchmarks/planning_ceiling.py --env wall --profile reference
+    .venv/bin/python benchmarks/planning_ceiling.py --env wall --episodes 50 --objective door-path
 
 Plans the evaluation episodes with the environment's exact dynamics in place of the learned
 predictor, so the success it prints is the ceiling a planner profile allows on these episodes:
@@ -11,6 +12,9 @@ predictor, so the success it prints is the ceiling a planner profile allows on t
   of the success test (Wall: squared px distance; PushT: (agent+block distance / 20 px)^2 +
   (block angle / (pi/9))^2). A low number here means the search budget (or the objective's
   greediness, e.g. the Wall door) is the limit, not the model.
+* ``--objective door-path`` (Wall): the squared distance plus the door-path coordinate
+  (``quantwm.model.sources.door_path_coordinate``, weighted as the kit's encoder carries it):
+  what the objective of an encoder that has learnt that coordinate allows.
 * ``--objective learned``: exact dynamics, but every candidate's final frame is rendered and
   scored with the shipped model's encoder and latent objective. The gap to ``state`` is what the
   learned latent costs; the gap from here to ``quantwm eval`` is what the predictor costs.
@@ -116,13 +120,16 @@ class PushTCeiling:
 
 def wall_ceiling(episodes, config: PlannerConfig, objective: str) -> np.ndarray:
     from quantwm.model import load
+    from quantwm.model.sources import DOOR_PATH_WEIGHT
     from quantwm.plan.oracle import plan_with_oracle
 
     model = load("wall").eval()
     if objective == "learned":
         results = plan_with_oracle(episodes, config, world_model=model)
     else:
-        results = plan_with_oracle(episodes, config, model.action_mean, model.action_std)
+        weight = DOOR_PATH_WEIGHT if objective == "door-path" else 0.0
+        results = plan_with_oracle(episodes, config, model.action_mean, model.action_std,
+                                   door_path_weight=weight)
     return np.concatenate([r.success_by_round for r in results])
 
 
@@ -133,7 +140,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="evaluation-episode seed")
     p.add_argument("--profile", default="cpu", help="planner profile (cpu, reference, smoke)")
     p.add_argument("--rounds", type=int, default=None, help="override mpc_rounds")
-    p.add_argument("--objective", choices=("state", "learned"), default="state")
+    p.add_argument("--objective", choices=("state", "door-path", "learned"), default="state")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
 
@@ -143,6 +150,8 @@ def main() -> None:
     episodes = evaluation_episodes(args.env, n=args.episodes, seed=args.seed)
     t0 = time.perf_counter()
     if args.env == "pusht":
+        if args.objective == "door-path":
+            p.error("--objective door-path is for --env wall")
         success = PushTCeiling(config, args.objective, args.threads).run(episodes)
     else:
         torch.set_num_threads(args.threads)

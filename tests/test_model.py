@@ -343,3 +343,39 @@ def test_training_with_rollout_loss_reduces_it():
                              seed=0, quiet=True, log_every=5)
     assert summary["val"]["z_rollout"] < 0.7 * before["z_rollout"]
     assert summary["rollout_weight"] == 1.0
+
+
+def test_door_path_coordinate_measures_paths_through_the_door():
+    from quantwm.envs.wall import wall_is_free
+    from quantwm.model.sources import door_path_coordinate
+
+    rng = np.random.default_rng(0)
+    wall_x, door_y = 30.0, 22.0
+    pts = rng.uniform(8, 56, size=(4000, 2))
+    pts = pts[wall_is_free(pts, wall_x, door_y) & (np.abs(pts[:, 0] - wall_x) > 8)]
+    h = door_path_coordinate(pts[:, 0], pts[:, 1], wall_x, door_y)
+    to_door = np.hypot(pts[:, 0] - wall_x, pts[:, 1] - door_y)
+    left = pts[:, 0] < wall_x
+    assert np.all(np.sign(h) == np.where(left, -1, 1))
+    a, b = pts[left][:50], pts[~left][:50]  # opposite rooms: the path through the door centre
+    dh = np.abs(h[left][:50, None] - h[~left][None, :50])
+    np.testing.assert_allclose(dh, to_door[left][:50, None] + to_door[~left][None, :50],
+                               rtol=1e-3)
+    assert np.all(dh >= 0.999 * np.linalg.norm(a[:, None] - b[None], axis=-1))
+    c = pts[left][:60]  # one room: never longer than the straight line
+    dh_same = np.abs(h[left][:60, None] - h[left][None, :60])
+    assert np.all(dh_same <= np.linalg.norm(c[:, None] - c[None], axis=-1) * 1.001 + 1e-9)
+
+
+def test_wall_state_features_weight_the_door_path():
+    from quantwm.model.sources import DOOR_PATH_WEIGHT, feature_normalization, state_features
+
+    rng = np.random.default_rng(1)
+    states = rng.uniform(8, 56, size=(500, 2))
+    params = {"wall_x": rng.integers(20, 45, 500).astype(float),
+              "door_y": rng.integers(10, 55, 500).astype(float)}
+    feats = state_features("wall", states, params)
+    assert feats.shape == (500, 5)
+    mean, scale = feature_normalization("wall", feats)
+    np.testing.assert_allclose(scale[4], scale[0] / DOOR_PATH_WEIGHT)  # px units of agent x
+    assert state_features("pusht", rng.normal(size=(3, 7)), {}).shape == (3, 6)

@@ -322,3 +322,31 @@ def test_wall_render_oracle_uses_the_models_objective() -> None:
     (res,) = plan_with_oracle(eps, FAST.replace(mpc_rounds=2),
                               world_model=ToyWorldModel(gain=2.0, action_high=2.0))
     assert res.success_at(2) == 1.0
+
+
+def test_door_path_objective_has_no_minimum_at_the_wall() -> None:
+    from quantwm.plan.objective import latent_objective
+    from quantwm.plan.oracle import WallOracle
+
+    # goal just right of the wall, far below the door; candidates: just left of the wall
+    # across from it (the straight-line minimum) or in the door
+    goal, across, door = [38.0, 52.0], [22.0, 52.0], [30.0, 14.0]
+    pos = torch.tensor([across, door])
+
+    def objective(weight: float) -> torch.Tensor:
+        o = WallOracle(wall_x=30.0, door_y=14.0, door_path_weight=weight)
+        return latent_objective(o._latent(pos), o._latent(torch.tensor([goal])), 10)
+
+    straight, path = objective(0.0), objective(2.0)
+    assert straight[0] < straight[1]  # the wall across from the goal looks better than the door
+    assert path[1] < path[0]  # with the door-path coordinate, the door does
+
+
+def test_wall_oracle_with_door_path_crosses_the_wall() -> None:
+    from quantwm.plan.oracle import plan_with_oracle
+
+    eps = Episodes("wall", np.array([[22.0, 48.0]]), np.array([[40.0, 48.0]]), ["d0"],
+                   {"wall_x": np.array([30.0]), "door_y": np.array([30.0])})
+    (stuck,) = plan_with_oracle(eps, FAST)
+    (res,) = plan_with_oracle(eps, FAST, door_path_weight=2.0)
+    assert stuck.success_at(4) == 0.0 and res.success_at(4) == 1.0

@@ -30,19 +30,54 @@ def load_trajectories(env_name: str) -> Any:
     return Trajectories.load(path)
 
 
+#: Wall: how much the door-path coordinate weighs against an agent coordinate (same px units)
+DOOR_PATH_WEIGHT = 2.0
+_SIDE_SOFTNESS_PX = 2.0
+
+
+def door_path_coordinate(x: np.ndarray, y: np.ndarray, wall_x: np.ndarray, door_y: np.ndarray
+                         ) -> np.ndarray:
+    """Wall: the agent's signed distance to the door, ``side(x) * ||(x, y) - door||`` in px.
+
+    ``side`` is -1 in the left room and +1 in the right one (``tanh((x - wall_x) / 2 px)``, so
+    it is smooth in the door, where the distance is small anyway). For two points in opposite
+    rooms the difference of this coordinate is the length of the shortest path through the
+    door centre; in one room it is at most their straight-line distance. Carried in the
+    latent (stage 1, ``DOOR_PATH_WEIGHT`` times an agent coordinate), it makes the planning
+    objective grow with the path length, where a straight-line distance has a local minimum
+    at the wall across from the goal (see ``quantwm.plan.oracle``).
+    """
+    side = np.tanh((np.asarray(x, np.float64) - wall_x) / _SIDE_SOFTNESS_PX)
+    return side * np.hypot(np.asarray(x, np.float64) - wall_x, np.asarray(y, np.float64) - door_y)
+
+
+def feature_normalization(env_name: str, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, scale)`` that normalise ``state_features``: each feature by its own std, except
+    Wall's door-path coordinate, which is put in the agent x's units and weighted by
+    ``DOOR_PATH_WEIGHT``."""
+    mean, scale = feats.mean(0), feats.std(0) + 1e-6
+    if check_env_name(env_name) == "wall":
+        scale[4] = scale[0] / DOOR_PATH_WEIGHT
+    return mean, scale
+
+
 def state_features(env_name: str, states: np.ndarray, params: dict[str, np.ndarray]
                    ) -> np.ndarray:
     """The state a single frame shows, as a float vector (before normalisation).
 
-    Wall: agent x, y, wall x, door y. PushT: agent x, y, block x, y, cos and sin of the block
-    angle (the T has no symmetry, so the angle is periodic in 2 pi only).
+    Wall: agent x, y, wall x, door y and the door-path coordinate (``door_path_coordinate``).
+    PushT: agent x, y, block x, y, cos and sin of the block angle (the T has no symmetry, so
+    the angle is periodic in 2 pi only).
     """
     env_name = check_env_name(env_name)
     states = np.asarray(states, dtype=np.float64)
     if env_name == "wall":
-        return np.stack([states[:, 0], states[:, 1],
-                         np.asarray(params["wall_x"], np.float64),
-                         np.asarray(params["door_y"], np.float64)], axis=1)
+        wall_x = np.asarray(params["wall_x"], np.float64)
+        door_y = np.asarray(params["door_y"], np.float64)
+        x, y = states[:, 0], states[:, 1]
+        return np.stack([x, y, np.broadcast_to(wall_x, x.shape),
+                         np.broadcast_to(door_y, x.shape),
+                         door_path_coordinate(x, y, wall_x, door_y)], axis=1)
     angle = states[:, 4]
     return np.concatenate([states[:, :4], np.cos(angle)[:, None], np.sin(angle)[:, None]], 1)
 
@@ -65,7 +100,7 @@ class EnvFrames:
         self.states = states.reshape(n * t1, s)
         self.params = {k: np.repeat(np.asarray(v)[sel], t1) for k, v in trajs.params.items()}
         feats = state_features(self.env_name, self.states, self.params)
-        self.mean, self.std = feats.mean(0), feats.std(0) + 1e-6
+        self.mean, self.std = feature_normalization(self.env_name, feats)
         self.features = ((feats - self.mean) / self.std).astype(np.float32)
         self.num_features = feats.shape[1]
         self.img_size = img_size

@@ -16,14 +16,23 @@ Objective, per frame:
   pixels change: once an object has moved off its old pixels the distance stops growing, and
   CEM sees a flat objective. DINOv2 patch features are known to encode object position and
   pose linearly; here that property is imposed directly. ``f(state)`` are the normalised
-  state features a frame shows (Wall: agent x, y, wall x, door y; PushT: agent x, y, block
-  x, y, cos and sin of the block angle); ``P_env`` is a *fixed* random orthonormal
+  state features a frame shows (``quantwm.model.sources.state_features``; Wall: agent x, y,
+  wall x, door y and the door-path coordinate; PushT: agent x, y, block x, y, cos and sin of
+  the block angle); ``P_env`` is a *fixed* random orthonormal
   projection (disjoint rows per environment), so every token must carry its frame's state,
   linearly and with a known gain ``s``: for two frames of one environment,
   ``||z_i - z_j|| >= s ||f_i - f_j||`` per token. The projection is fixed rather than learned
   so that the encoder cannot shrink the state directions to nothing.
   State labels are privileged information DINOv2 never saw; the encoder is still a pure
   image encoder after training and the world model never sees states.
+- Wall's door-path coordinate (the signed distance to the door, ``door_path_coordinate``)
+  is there for the planner: with agent x, y alone the latent distance is the straight-line
+  distance, whose minimum for a goal across the wall is the wall itself (the planner stops
+  there; ``benchmarks/planning_ceiling.py --env wall``: 0.5 @5 with exact dynamics). With
+  the coordinate, weighted twice an agent coordinate, the distance between two rooms is the
+  length of the path through the door, and exact dynamics reach 0.9-1.0 @5. DINOv2's patch
+  features are contextual (every token sees the whole image); which room the agent is in is
+  the kind of layout-relative fact they carry, and a straight-line metric is not.
 
 Between the stages, the frozen encoder's output is standardised per environment: centred
 per (patch, channel) and scaled to unit RMS std over that environment's training frames (two

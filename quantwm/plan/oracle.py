@@ -5,7 +5,10 @@ dynamics (``quantwm.envs.wall.wall_step``, walls included) on a latent that is t
 position: the visual part is the position tiled on one patch, the proprio part a fixed linear
 embedding of it, so the planning objective is a multiple of the squared distance to the goal.
 If the planner reaches the goals with the oracle at a profile but not with the learned model,
-the profile's search budget is enough and the model is the problem.
+the profile's search budget is enough and the model is the problem. With ``door_path_weight``
+w > 0 the visual part also holds w times the door-path coordinate
+(``quantwm.model.sources.door_path_coordinate``), the latent geometry the kit's encoder is
+trained to carry: the objective then grows with the length of the path through the door.
 
 The oracle knows one layout (``wall_x``, ``door_y``), so ``plan_with_oracle`` plans episode by
 episode (batched planning equals one-by-one planning, see ``plan_episodes``).
@@ -35,10 +38,11 @@ class WallOracle(nn.Module):
     """Exact Wall dynamics on a position latent ``(B, T, 1, 2 + 10)`` (see module docstring)."""
 
     def __init__(self, wall_x: float, door_y: float, action_mean: Tensor | None = None,
-                 action_std: Tensor | None = None, frameskip: int = 5, img_size: int = 64
-                 ) -> None:
+                 action_std: Tensor | None = None, frameskip: int = 5, img_size: int = 64,
+                 door_path_weight: float = 0.0) -> None:
         super().__init__()
         self.wall_x, self.door_y = float(wall_x), float(door_y)
+        self.door_path_weight = float(door_path_weight)
         self.config = SimpleNamespace(img_size=img_size, frameskip=frameskip,
                                       action_dim=2 * frameskip, proprio_emb_dim=10, num_hist=1)
         proj = torch.randn(2, 10, generator=torch.Generator().manual_seed(0)) / np.sqrt(2.0)
@@ -56,9 +60,17 @@ class WallOracle(nn.Module):
     def denormalize_action(self, a: Tensor) -> Tensor:
         return a * self.action_std + self.action_mean
 
-    def _latent(self, pos: Tensor) -> Tensor:  # pos (..., 2) in px -> (..., 1, 12)
+    def _latent(self, pos: Tensor) -> Tensor:  # pos (..., 2) px -> (..., 1, 12 or 13)
         p = pos / _SCALE
-        return torch.cat([p, p @ self.proj], dim=-1).unsqueeze(-2)
+        parts = [p]
+        if self.door_path_weight > 0:
+            from quantwm.model.sources import door_path_coordinate
+
+            h = door_path_coordinate(pos[..., 0].double().cpu().numpy(),
+                                     pos[..., 1].double().cpu().numpy(), self.wall_x, self.door_y)
+            h = torch.from_numpy(h).to(pos) / _SCALE * self.door_path_weight
+            parts.append(h[..., None])
+        return torch.cat([*parts, p @ self.proj], dim=-1).unsqueeze(-2)
 
     def encode(self, visual: Tensor, proprio: Tensor) -> Tensor:
         return self._latent(proprio[..., :2].float())
@@ -128,12 +140,13 @@ class WallRenderOracle(nn.Module):
 
 def plan_with_oracle(episodes: Any, config: PlannerConfig, action_mean: Tensor | None = None,
                      action_std: Tensor | None = None, progress: bool = False,
-                     world_model: nn.Module | None = None) -> list[PlanResult]:
+                     world_model: nn.Module | None = None, door_path_weight: float = 0.0
+                     ) -> list[PlanResult]:
     """Plan every Wall episode with its own oracle; one ``PlanResult`` per episode.
 
-    Without ``world_model``: ``WallOracle`` (position latent, Euclidean objective). With it:
-    ``WallRenderOracle`` (exact dynamics, that model's encoder and objective; its action
-    statistics are used).
+    Without ``world_model``: ``WallOracle`` (position latent, Euclidean objective, plus the
+    door-path coordinate if ``door_path_weight`` > 0). With it: ``WallRenderOracle`` (exact
+    dynamics, that model's encoder and objective; its action statistics are used).
     """
     if episodes.env_name != "wall":
         raise ValueError(f"the oracle knows Wall only, got {episodes.env_name!r}")
@@ -141,7 +154,8 @@ def plan_with_oracle(episodes: Any, config: PlannerConfig, action_mean: Tensor |
     for i in range(len(episodes.ids)):
         kw = episodes.env_kwargs(i)
         if world_model is None:
-            oracle = WallOracle(kw["wall_x"], kw["door_y"], action_mean, action_std)
+            oracle = WallOracle(kw["wall_x"], kw["door_y"], action_mean, action_std,
+                                door_path_weight=door_path_weight)
         else:
             oracle = WallRenderOracle(world_model, kw["wall_x"], kw["door_y"])
         one = SimpleNamespace(
