@@ -368,14 +368,20 @@ def test_door_path_coordinate_measures_paths_through_the_door():
 
 
 def test_wall_state_features_weight_the_door_path():
-    from quantwm.model.sources import DOOR_PATH_WEIGHT, feature_normalization, state_features
+    from quantwm.model.sources import (
+        DOOR_PATH_WEIGHT,
+        STATE_FEATURES,
+        feature_normalization,
+        state_features,
+    )
 
     rng = np.random.default_rng(1)
     states = rng.uniform(8, 56, size=(500, 2))
     params = {"wall_x": rng.integers(20, 45, 500).astype(float),
               "door_y": rng.integers(10, 55, 500).astype(float)}
     feats = state_features("wall", states, params)
-    assert feats.shape == (500, 5)
+    assert feats.shape == (500, len(STATE_FEATURES["wall"]))
     mean, scale = feature_normalization("wall", feats)
     np.testing.assert_allclose(scale[4], scale[0] / DOOR_PATH_WEIGHT)  # px units of agent x
+    np.testing.assert_allclose(scale[:4], feats[:, :4].std(0) + 1e-6)
     assert state_features("pusht", rng.normal(size=(3, 7)), {}).shape == (3, 6)

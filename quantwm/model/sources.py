@@ -30,6 +30,9 @@ def load_trajectories(env_name: str) -> Any:
     return Trajectories.load(path)
 
 
+#: what ``state_features`` returns per frame, in order
+STATE_FEATURES = {"wall": ("agent_x", "agent_y", "wall_x", "door_y", "door_path"),
+                  "pusht": ("agent_x", "agent_y", "block_x", "block_y", "cos_angle", "sin_angle")}
 #: Wall: how much the door-path coordinate weighs against an agent coordinate (same px units)
 DOOR_PATH_WEIGHT = 2.0
 _SIDE_SOFTNESS_PX = 2.0
@@ -57,13 +60,15 @@ def feature_normalization(env_name: str, feats: np.ndarray) -> tuple[np.ndarray,
     ``DOOR_PATH_WEIGHT``."""
     mean, scale = feats.mean(0), feats.std(0) + 1e-6
     if check_env_name(env_name) == "wall":
-        scale[4] = scale[0] / DOOR_PATH_WEIGHT
+        names = STATE_FEATURES["wall"]
+        scale[names.index("door_path")] = scale[names.index("agent_x")] / DOOR_PATH_WEIGHT
     return mean, scale
 
 
 def state_features(env_name: str, states: np.ndarray, params: dict[str, np.ndarray]
                    ) -> np.ndarray:
-    """The state a single frame shows, as a float vector (before normalisation).
+    """The state a single frame shows, as a float vector (before normalisation), in the order
+    of ``STATE_FEATURES[env_name]``.
 
     Wall: agent x, y, wall x, door y and the door-path coordinate (``door_path_coordinate``).
     PushT: agent x, y, block x, y, cos and sin of the block angle (the T has no symmetry, so

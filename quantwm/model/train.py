@@ -28,9 +28,9 @@ Objective, per frame:
 - Wall's door-path coordinate (the signed distance to the door, ``door_path_coordinate``)
   is there for the planner: with agent x, y alone the latent distance is the straight-line
   distance, whose minimum for a goal across the wall is the wall itself (the planner stops
-  there; ``benchmarks/planning_ceiling.py --env wall``: 0.5 @5 with exact dynamics). With
+  there; ``benchmarks/planning_ceiling.py --env wall``: 0.56-0.66 @5 with exact dynamics). With
   the coordinate, weighted twice an agent coordinate, the distance between two rooms is the
-  length of the path through the door, and exact dynamics reach 0.9-1.0 @5. DINOv2's patch
+  length of the path through the door, and exact dynamics reach 1.00 @5. DINOv2's patch
   features are contextual (every token sees the whole image); which room the agent is in is
   the kind of layout-relative fact they carry, and a straight-line metric is not.
 

@@ -35,7 +35,8 @@ class _Identity(nn.Module):
 
 
 class WallOracle(nn.Module):
-    """Exact Wall dynamics on a position latent ``(B, T, 1, 2 + 10)`` (see module docstring)."""
+    """Exact Wall dynamics on a position latent ``(B, T, 1, 2 [+ 1] + 10)`` (see module
+    docstring)."""
 
     def __init__(self, wall_x: float, door_y: float, action_mean: Tensor | None = None,
                  action_std: Tensor | None = None, frameskip: int = 5, img_size: int = 64,
