@@ -19,7 +19,7 @@ from quantwm.data import (
     summarize,
 )
 from quantwm.data.pusht_data import block_moved
-from quantwm.data.wall_data import crossed_wall
+from quantwm.data.wall_data import crossed_wall, generate_wall
 from quantwm.envs.pusht import pusht_step, tee_corners
 from quantwm.envs.wall import wall_is_free, wall_step
 
@@ -76,6 +76,25 @@ def test_wall_trajectories_follow_the_dynamics(small: dict) -> None:
     assert crossed_wall(tr.states, wx).mean() > 0.1  # the door gets used
 
 
+def test_wall_pushers_press_against_the_wall() -> None:
+    def pressing(**fractions: float) -> tuple[float, float]:
+        """Share of steps blocked by the middle wall; share of walks blocked 3 steps in a row."""
+        states, actions, p = generate_wall(400, 40, np.random.default_rng(0), **fractions)
+        moved = np.linalg.norm(np.diff(states, axis=1), axis=-1)
+        at_wall = np.abs(states[:, :-1, 0] - p["wall_x"][:, None]) < 4.0
+        blocked = (moved < np.linalg.norm(actions, axis=-1)) & at_wall  # < half of 2 * |action|
+        in_a_row = blocked[:, 2:] & blocked[:, 1:-1] & blocked[:, :-2]
+        return float(blocked.mean()), float(in_a_row.any(axis=1).mean())
+
+    walkers, pushers = pressing(wall_pushers=0.0), pressing(door_seekers=0.0, wall_pushers=1.0)
+    assert pushers[0] > 4 * walkers[0]
+    assert pushers[1] > 0.6 and pushers[1] > 3 * walkers[1]
+    with pytest.raises(ValueError, match="wall_pushers must be a fraction in \\[0, 1\\], got 1.5"):
+        generate_wall(4, 5, np.random.default_rng(0), wall_pushers=1.5)
+    with pytest.raises(ValueError, match="door_seekers \\+ wall_pushers must be <= 1"):
+        generate_wall(4, 5, np.random.default_rng(0), door_seekers=0.6, wall_pushers=0.6)
+
+
 def test_pusht_trajectories_push_the_block(small: dict) -> None:
     tr = small["pusht"]
     # slow pushes between walks to the next contact: the block moves in about a third of the
@@ -110,7 +129,7 @@ def test_bad_dataset_requests() -> None:
 # ---- the shipped files -------------------------------------------------------------------------
 def test_shipped_datasets_are_reproducible_from_their_seed() -> None:
     wall = load_trajectories("wall")
-    assert (wall.n_traj, wall.n_steps, wall.meta["seed"]) == (1920, 50, 0)
+    assert (wall.n_traj, wall.n_steps, wall.meta["seed"]) == (3840, 50, 0)
     fresh = make_trajectories("wall", seed=0)
     np.testing.assert_array_equal(fresh.states, wall.states)
     np.testing.assert_array_equal(fresh.split, wall.split)
