@@ -130,7 +130,7 @@ def generate_wall(
         # a pusher that used up its blocked steps (or got across) seeks the door from now on
         push_budget = push_budget - (pusher & blocked)
         got_across = pusher & (np.sign(new[:, 0] - wall_x) != side)
-        gave_up = pusher & (push_budget <= 0) | got_across
+        gave_up = (pusher & (push_budget <= 0)) | got_across
         seeker, pusher = seeker | gave_up, pusher & ~gave_up
         stage = np.where(got_across, 2, stage)
         reached = np.linalg.norm(new - waypoint, axis=1) < 2.5
