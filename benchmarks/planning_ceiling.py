@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/planning_ceiling.py --env pusht --episodes 20
     .venv/bin/python benchmarks/planning_ceiling.py --env pusht --objective learned
+    .venv/bin/python benchmarks/planning_ceiling.py --env pusht --objective learned --checkpoint C
     .venv/bin/python benchmarks/planning_ceiling.py --env wall --profile reference
     .venv/bin/python benchmarks/planning_ceiling.py --env wall --episodes 50 --objective door-path
 
@@ -16,8 +17,9 @@ predictor, so the success it prints is the ceiling a planner profile allows on t
   (``quantwm.model.sources.door_path_coordinate``, weighted as the kit's encoder carries it):
   what the objective of an encoder that has learnt that coordinate allows.
 * ``--objective learned``: exact dynamics, but every candidate's final frame is rendered and
-  scored with the shipped model's encoder and latent objective. The gap to ``state`` is what the
-  learned latent costs; the gap from here to ``quantwm eval`` is what the predictor costs.
+  scored with the world model's encoder and latent objective (the shipped one, or
+  ``--checkpoint``). The gap to ``state`` is what the learned latent costs; the gap from here to
+  ``quantwm eval`` is what the predictor costs.
 
 Wall goes through ``quantwm.plan.oracle`` (the kit's planner on a position latent or on
 rendered frames). PushT runs its own CEM with the same rules (PROTOCOL section 2: sample 0 is
@@ -49,11 +51,12 @@ def pusht_state_cost(states: np.ndarray, goal: np.ndarray) -> np.ndarray:
 class PushTCeiling:
     """CEM + MPC on PushT's exact dynamics, scored by the true state or a learned latent."""
 
-    def __init__(self, config: PlannerConfig, objective: str, threads: int = 1) -> None:
+    def __init__(self, config: PlannerConfig, objective: str, threads: int = 1,
+                 checkpoint: str = "pusht") -> None:
         from quantwm.model import load
 
         self.config = config
-        self.model = load("pusht").eval()  # action statistics (and the learned objective)
+        self.model = load(checkpoint).eval()  # action statistics (and the learned objective)
         self.objective = objective
         torch.set_num_threads(threads)
 
@@ -118,12 +121,13 @@ class PushTCeiling:
         return success
 
 
-def wall_ceiling(episodes, config: PlannerConfig, objective: str) -> np.ndarray:
+def wall_ceiling(episodes, config: PlannerConfig, objective: str, checkpoint: str = "wall"
+                 ) -> np.ndarray:
     from quantwm.model import load
     from quantwm.model.sources import DOOR_PATH_WEIGHT
     from quantwm.plan.oracle import plan_with_oracle
 
-    model = load("wall").eval()
+    model = load(checkpoint).eval()
     if objective == "learned":
         results = plan_with_oracle(episodes, config, world_model=model)
     else:
@@ -141,8 +145,11 @@ def main() -> None:
     p.add_argument("--profile", default="cpu", help="planner profile (cpu, reference, smoke)")
     p.add_argument("--rounds", type=int, default=None, help="override mpc_rounds")
     p.add_argument("--objective", choices=("state", "door-path", "learned"), default="state")
+    p.add_argument("--checkpoint", default=None,
+                   help="world model whose encoder scores --objective learned (default: shipped)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    checkpoint = args.checkpoint or args.env
 
     config = planner_config(args.env, args.profile)
     if args.rounds is not None:
@@ -152,14 +159,14 @@ def main() -> None:
     if args.env == "pusht":
         if args.objective == "door-path":
             p.error("--objective door-path is for --env wall")
-        success = PushTCeiling(config, args.objective, args.threads).run(episodes)
+        success = PushTCeiling(config, args.objective, args.threads, checkpoint).run(episodes)
     else:
         torch.set_num_threads(args.threads)
-        success = wall_ceiling(episodes, config, args.objective)
+        success = wall_ceiling(episodes, config, args.objective, checkpoint)
     rate = success.mean(axis=0)
     print(f"{args.env} ceiling, exact dynamics, {args.objective} objective, planner "
           f"{args.profile} ({config.samples} samples / top {config.topk} / {config.cem_steps} "
-          f"CEM steps), {args.episodes} episodes (seed {args.seed}), "
+          f"CEM steps), {args.episodes} episodes (seed {args.seed}), {checkpoint}, "
           f"{time.perf_counter() - t0:.0f} s")
     print("  success by round: " + "  ".join(f"{r}:{v:.2f}" for r, v in enumerate(rate)))
 
