@@ -37,6 +37,7 @@ import torch
 
 from quantwm.data import evaluation_episodes
 from quantwm.plan import PlannerConfig, planner_config
+from quantwm.plan.cli import parse_overrides
 from quantwm.plan.mpc import episode_seed
 
 GOAL_POS_PX, GOAL_ANGLE = 20.0, np.pi / 9  # the PushT success thresholds
@@ -147,11 +148,13 @@ def main() -> None:
     p.add_argument("--objective", choices=("state", "door-path", "learned"), default="state")
     p.add_argument("--checkpoint", default=None,
                    help="world model whose encoder scores --objective learned (default: shipped)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="planner overrides, as for `quantwm eval` (e.g. proprio_weight=8)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     checkpoint = args.checkpoint or args.env
 
-    config = planner_config(args.env, args.profile)
+    config = planner_config(args.env, args.profile, **parse_overrides(args.set))
     if args.rounds is not None:
         config = config.replace(mpc_rounds=args.rounds)
     episodes = evaluation_episodes(args.env, n=args.episodes, seed=args.seed)
