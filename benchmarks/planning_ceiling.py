@@ -36,16 +36,15 @@ import numpy as np
 import torch
 
 from quantwm.data import evaluation_episodes
+from quantwm.envs.pusht import SUCCESS_ANGLE, SUCCESS_DISTANCE, wrap_angle
 from quantwm.plan import PlannerConfig, planner_config
 from quantwm.plan.cli import parse_overrides
 from quantwm.plan.mpc import episode_seed
 
-GOAL_POS_PX, GOAL_ANGLE = 20.0, np.pi / 9  # the PushT success thresholds
-
 
 def pusht_state_cost(states: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    dist = np.linalg.norm(states[:, :4] - goal[:4], axis=1) / GOAL_POS_PX
-    angle = np.abs((states[:, 4] - goal[4] + np.pi) % (2 * np.pi) - np.pi) / GOAL_ANGLE
+    dist = np.linalg.norm(states[:, :4] - goal[:4], axis=1) / SUCCESS_DISTANCE
+    angle = np.abs(wrap_angle(states[:, 4] - goal[4])) / SUCCESS_ANGLE
     return dist**2 + angle**2
 
 

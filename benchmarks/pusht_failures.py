@@ -78,5 +78,6 @@ def main() -> None:
           f"block placed (<= {_SHARE:.0f} px and angle) but agent off: "
           f"{(block_ok & agent_off).mean():.2f}")
 
+
 if __name__ == "__main__":
     main()
