@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--aux-weight", type=float, default=None,
+                   help="stage 1: weight of the state-feature loss against reconstruction "
+                        "(default: quantwm.model.train.pretrain_encoder's)")
     p.add_argument("--rollout-steps", type=int, default=1, metavar="K",
                    help="train on K-step open-loop rollouts as well (default 1: teacher "
                         "forcing only, as the reference)")
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         minutes = args.minutes if args.stage == "encoder" else args.encoder_minutes
         train_encoder(args.encoder, minutes=minutes, steps=args.steps, seed=args.seed,
                       device=args.device, resume=args.resume, batch_size=args.batch_size,
-                      lr=args.lr)
+                      lr=args.lr, aux_weight=args.aux_weight)
     if args.stage == "encoder":
         return 0
     env = check_env_name(args.env)

@@ -231,7 +231,7 @@ def _loop(desc: str, step_fn: Callable[[int], dict[str, float]], *, budget: _Bud
 def pretrain_encoder(model: WorldModel, sources: dict[str, FrameSource], *,
                      minutes: float | None = None, max_steps: int | None = None,
                      batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05,
-                     recon_weight: float = 1.0, ink_weight: float = 10.0, aux_weight: float = 0.1,
+                     recon_weight: float = 1.0, ink_weight: float = 10.0, aux_weight: float = 1.0,
                      aux_scale: float = 2.0,
                      seed: int = 0, device: torch.device | str = "cpu",
                      state_path: str | os.PathLike | None = None, resume: bool = False,
