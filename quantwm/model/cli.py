@@ -59,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.stage != "encoder" and args.env is None:
         raise ValueError("--env is required unless --stage encoder")
-    if args.stage == "encoder" or (args.stage == "all" and not args.encoder.exists()):
+    stage1 = args.stage == "encoder" or (args.stage == "all" and not args.encoder.exists())
+    if args.aux_weight is not None and not stage1:
+        raise ValueError(f"--aux-weight {args.aux_weight} is for stage 1, which this run does not "
+                         f"train (--stage {args.stage}, encoder {args.encoder} exists)")
+    if args.aux_weight is not None and not args.aux_weight >= 0:
+        raise ValueError(f"--aux-weight must be >= 0, got {args.aux_weight}")
+    if stage1:
         minutes = args.minutes if args.stage == "encoder" else args.encoder_minutes
         train_encoder(args.encoder, minutes=minutes, steps=args.steps, seed=args.seed,
                       device=args.device, resume=args.resume, batch_size=args.batch_size,
