@@ -193,19 +193,21 @@ def test_missing_checkpoint_names_path_and_command(tmp_path):
         load(tmp_path / "nope.pt")
 
 
-def test_train_cli_rejects_an_aux_weight_it_would_not_use(tmp_path, capsys):
+@pytest.mark.parametrize("flag, bad", [("--aux-weight", "-1"), ("--aux-scale", "0")])
+def test_train_cli_rejects_a_stage1_flag_it_would_not_use(tmp_path, capsys, flag, bad):
     from quantwm.cli import main
 
     encoder = tmp_path / "encoder.pt"
     encoder.touch()  # exists: --stage all / dynamics would not run stage 1
     for stage in ("dynamics", "all"):
         args = ["train", "--env", "pusht", "--stage", stage, "--encoder", str(encoder),
-                "--aux-weight", "0.5"]
+                flag, "0.5"]
         assert main(args) == 2
-        assert "--aux-weight 0.5" in capsys.readouterr().err
-    args = ["train", "--stage", "encoder", "--encoder", str(encoder), "--aux-weight", "-1"]
+        assert f"{flag} 0.5" in capsys.readouterr().err
+    args = ["train", "--stage", "encoder", "--encoder", str(encoder), flag, bad]
     assert main(args) == 2
-    assert "-1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert flag in err and bad in err
 
 
 def test_same_seed_same_model():

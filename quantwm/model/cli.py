@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aux-weight", type=float, default=None,
                    help="stage 1: weight of the state-feature loss against reconstruction "
                         "(default: quantwm.model.train.pretrain_encoder's)")
+    p.add_argument("--aux-scale", type=float, default=None,
+                   help="stage 1: gain s of the state features in the latent, i.e. their share "
+                        "of latent distances (default: quantwm.model.train.pretrain_encoder's)")
     p.add_argument("--rollout-steps", type=int, default=1, metavar="K",
                    help="train on K-step open-loop rollouts as well (default 1: teacher "
                         "forcing only, as the reference)")
@@ -60,16 +63,18 @@ def run(args: argparse.Namespace) -> int:
     if args.stage != "encoder" and args.env is None:
         raise ValueError("--env is required unless --stage encoder")
     stage1 = args.stage == "encoder" or (args.stage == "all" and not args.encoder.exists())
-    if args.aux_weight is not None and not stage1:
-        raise ValueError(f"--aux-weight {args.aux_weight} is for stage 1, which this run does not "
-                         f"train (--stage {args.stage}, encoder {args.encoder} exists)")
-    if args.aux_weight is not None and not args.aux_weight >= 0:
-        raise ValueError(f"--aux-weight must be >= 0, got {args.aux_weight}")
+    for flag, value, valid, bound in (("--aux-weight", args.aux_weight, lambda v: v >= 0, ">= 0"),
+                                      ("--aux-scale", args.aux_scale, lambda v: v > 0, "> 0")):
+        if value is not None and not stage1:
+            raise ValueError(f"{flag} {value} is for stage 1, which this run does not train "
+                             f"(--stage {args.stage}, encoder {args.encoder} exists)")
+        if value is not None and not valid(value):
+            raise ValueError(f"{flag} must be {bound}, got {value}")
     if stage1:
         minutes = args.minutes if args.stage == "encoder" else args.encoder_minutes
         train_encoder(args.encoder, minutes=minutes, steps=args.steps, seed=args.seed,
                       device=args.device, resume=args.resume, batch_size=args.batch_size,
-                      lr=args.lr, aux_weight=args.aux_weight)
+                      lr=args.lr, aux_weight=args.aux_weight, aux_scale=args.aux_scale)
     if args.stage == "encoder":
         return 0
     env = check_env_name(args.env)
