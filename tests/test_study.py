@@ -181,3 +181,20 @@ def test_reference_study_profile_is_the_papers_protocol() -> None:
     assert {e.episodes for e in exps} == {50}
     for env in ("wall", "pusht"):  # every "iters" column of the paper is planned
         assert max(paper_iters(env)) == planner_config(env, "reference").mpc_rounds
+
+
+def test_sweep_figures_adds_the_figure_rows_of_the_tables_envs(tmp_path, capsys) -> None:
+    from quantwm.cli import main
+    from quantwm.study.analysis import figure_experiments
+    from quantwm.study.profiles import study_profile
+
+    def listed(*extra: str) -> list[str]:
+        args = ["sweep", "--table", "2", "--dry-run", "--results", str(tmp_path), *extra]
+        assert main(args) == 0
+        return [line.strip() for line in capsys.readouterr().out.splitlines()[1:]]
+
+    plain, with_figures = listed(), listed("--figures")
+    figures = [e.key() for e in figure_experiments("pusht", study_profile("quick")).values()]
+    assert set(with_figures) == set(plain) | set(figures)
+    assert set(figures) - set(plain), "table 2 alone should lack some figure rows"
+    assert not any(key.startswith("wall") for key in with_figures)

@@ -42,6 +42,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", default=None, help="result store folder (data/results)")
+    parser.add_argument("--figures", action="store_true",
+                        help="add the RTN rows of Figs. 2-3 for the tables' envs (notebooks "
+                             "05-06 run them too, when missing)")
     parser.add_argument("--force", action="store_true", help="rerun finished experiments")
     parser.add_argument("--workers", type=int, default=1,
                         help="experiments run in parallel processes (threads are split)")
@@ -62,8 +65,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         raise ValueError(f"none of tables {args.table} is a {env} table")
     store = ResultStore(args.results or RESULTS_DIR)
     grid = [e for t in tables for e in profile.experiments(t, args.variant, args.seed)]
+    if args.figures:
+        from quantwm.study.analysis import figure_experiments
+
+        for figure_env in dict.fromkeys(TABLE_ENV[t] for t in tables):
+            grid += figure_experiments(figure_env, profile, seed=args.seed).values()
     todo = list(dict.fromkeys(grid)) if args.force else store.missing(grid)
-    print(f"tables {tables}, profile {profile.name}: {len(set(grid))} experiments, "
+    print(f"tables {tables}{' + figure rows' if args.figures else ''}, profile "
+          f"{profile.name}: {len(set(grid))} experiments, "
           f"{len(todo)} to run, results in {store.root}")
     if args.dry_run:
         for e in todo:
