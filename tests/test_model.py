@@ -331,6 +331,40 @@ def test_dynamics_losses_checks_window_length():
         dynamics_losses(model, collate(data, np.arange(2), "cpu"))
 
 
+def test_windows_encoded_once_give_the_losses_of_encoding_every_batch():
+    """Stage 2 on FrameWindows.encoded: the frozen encoder's latents computed up front equal
+    those of each batch, so the losses (and their gradients) do too; only the decoder's frames
+    keep their pixels."""
+    from quantwm.data import FrameWindows, make_trajectories
+    from quantwm.model.train import collate, freeze_encoder
+
+    model = tiny_model("pusht").train()
+    freeze_encoder(model)
+    trajs = make_trajectories("pusht", 6, 30, seed=1)
+    plain = FrameWindows(trajs, "train", num_frames=4, frameskip=5, img_size=32)
+    encoded = plain.encoded(model.encoder, chunk=7)
+    assert len(encoded) == len(plain) and plain.batch([0]).keys() == {"visual", "proprio", "action"}
+    idx = np.array([0, 3, len(plain) - 1, 11])
+    a, b = collate(plain, idx, "cpu"), collate(encoded, idx, "cpu")
+    assert b["latent"].shape == (4, 4, model.config.num_patches, model.config.enc_dim)
+    torch.testing.assert_close(b["visual"], a["visual"][:, :1], rtol=0, atol=0)
+    for key in ("proprio", "action"):
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+    grads = []
+    for batch in (a, b):
+        model.zero_grad()
+        losses = dynamics_losses(model, batch)
+        (losses["z_loss"] + losses["decoder"]).backward()
+        grads.append([p.grad.clone() for p in model.predictor.parameters()])
+        assert all(p.grad is None for p in model.encoder.parameters())
+    torch.testing.assert_close(dynamics_losses(model, b), dynamics_losses(model, a))
+    for ga, gb in zip(*grads, strict=True):
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
+    assert encoded.latent_bytes((16, 32)) == len(plain.traj_idx) * 31 * 16 * 32 * 4
+    with pytest.raises(ValueError, match="cache"):
+        FrameWindows(trajs, "train", num_frames=4, img_size=32, cache=False).encoded(model.encoder)
+
+
 def test_rollout_loss_is_the_open_loop_rollout_error():
     """Longer windows add z_rollout = the error of ``rollout`` from the first num_hist frames,
     and leave the teacher-forced loss (the reference's) as it was on the first num_hist + 1."""

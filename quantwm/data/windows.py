@@ -16,10 +16,17 @@ trajectories is rendered once, vectorised, into one channel-first uint8 array
 ~10-30 s on 2 cores): items are then slices of it.
 With ``cache=False`` each item renders its frames on demand (slower per item, no memory).
 ``batch(indices)`` assembles many items at once without per-item Python overhead.
+
+``encoded(encode)`` returns the same windows with every cached frame passed once through a
+frozen encoder: items then hold ``latent`` (num_frames, ...) and only the first
+``visual_frames`` frames of ``visual``. Stage-2 training uses it so that the frozen encoder does
+not run again on every batch.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -72,6 +79,8 @@ class FrameWindows(Dataset):
         act = trajs.actions[self.traj_idx].astype(np.float32)
         self._actions = torch.from_numpy(act)  # (n, T, 2)
         self._frames: np.ndarray | None = self._render_all() if cache else None
+        self._latents: torch.Tensor | None = None  # (n, T+1, ...) once encoded()
+        self._visual_frames = self.num_frames
 
     def _render_rows(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
         """uint8 frames (len(rows), H, W, 3) of (row, time) pairs."""
@@ -91,6 +100,34 @@ class FrameWindows(Dataset):
             out[rows] = frames.reshape(len(rows), t1, size, size, 3).transpose(0, 1, 4, 2, 3)
         return out
 
+    def encoded(self, encode: Callable[[torch.Tensor], torch.Tensor], *, chunk: int = 512,
+                visual_frames: int = 1) -> FrameWindows:
+        """These windows with every frame encoded once: ``encode`` maps float (n, 3, H, W) in
+        [0, 1] to (n, ...); it runs on ``chunk`` frames at a time under ``torch.no_grad`` and
+        its outputs are kept on the CPU (float32, ``latent_bytes()`` of them). Items of the
+        result hold ``latent`` (num_frames, ...) and the first ``visual_frames`` frames of
+        ``visual``. Needs the frame cache; the windows themselves are shared, not copied.
+        """
+        if self._frames is None:
+            raise ValueError("encoded() needs the frame cache: build FrameWindows with cache=True")
+        if not 0 <= visual_frames <= self.num_frames:
+            raise ValueError(f"visual_frames must be in 0..{self.num_frames}, got {visual_frames}")
+        n, t1 = self._frames.shape[:2]
+        flat = self._frames.reshape(n * t1, *self._frames.shape[2:])
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(flat), chunk):
+                images = torch.from_numpy(flat[start:start + chunk]).float().div_(255.0)
+                parts.append(encode(images).float().cpu())
+        out = copy.copy(self)
+        out._latents = torch.cat(parts).unflatten(0, (n, t1))
+        out._visual_frames = int(visual_frames)
+        return out
+
+    def latent_bytes(self, latent_shape: tuple[int, ...]) -> int:
+        """Bytes that ``encoded()`` keeps for an encoder with per-frame output ``latent_shape``."""
+        return len(self.traj_idx) * (self.trajs.n_steps + 1) * int(np.prod(latent_shape)) * 4
+
     def __len__(self) -> int:
         return len(self.windows)
 
@@ -98,7 +135,8 @@ class FrameWindows(Dataset):
         return starts[:, None] + self.frameskip * np.arange(self.num_frames)[None, :]  # (B, T)
 
     def batch(self, indices: Any) -> dict[str, torch.Tensor]:
-        """Items ``indices`` stacked: visual (B, T, 3, H, W), proprio (B, T, P), action (B, T, A).
+        """Items ``indices`` stacked: visual (B, T, 3, H, W), proprio (B, T, P), action (B, T, A)
+        (and, once ``encoded()``, latent (B, T, ...) with visual cut to its first frames).
 
         Negative indices are not supported.
         """
@@ -108,8 +146,9 @@ class FrameWindows(Dataset):
         rows, starts = self.windows[idx, 0], self.windows[idx, 1]
         times = self._times(starts)
         b, t = times.shape
+        seen = times[:, : self._visual_frames]  # the frames whose pixels the batch holds
         if self._frames is not None:
-            frames = self._frames[rows[:, None], times]  # (B, T, 3, H, W), contiguous
+            frames = self._frames[rows[:, None], seen]  # (B, T', 3, H, W), contiguous
         else:
             frames = self._render_rows(np.repeat(rows, t), times.reshape(-1))
             frames = frames.reshape(b, t, self.img_size, self.img_size, 3).transpose(0, 1, 4, 2, 3)
@@ -117,12 +156,13 @@ class FrameWindows(Dataset):
         # numpy, single-threaded: torch's thread pool is slower for this on a busy 2-core CPU
         visual = frames.astype(np.float32)
         visual *= np.float32(1.0 / 255.0)
-        visual = torch.from_numpy(visual)
-        rows_t = torch.from_numpy(rows)
-        proprio = self._proprio[rows_t[:, None], torch.from_numpy(times)]
+        rows_t, times_t = torch.from_numpy(rows)[:, None], torch.from_numpy(times)
         steps = torch.from_numpy(starts[:, None] + np.arange(t * self.frameskip)[None, :])
-        action = self._actions[rows_t[:, None], steps].reshape(b, t, 2 * self.frameskip)
-        return {"visual": visual, "proprio": proprio, "action": action}
+        out = {"visual": torch.from_numpy(visual), "proprio": self._proprio[rows_t, times_t],
+               "action": self._actions[rows_t, steps].reshape(b, t, 2 * self.frameskip)}
+        if self._latents is not None:
+            out["latent"] = self._latents[rows_t, times_t]
+        return out
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i = int(index)

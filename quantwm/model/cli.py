@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aux-scale", type=float, default=None,
                    help="stage 1: gain s of the state features in the latent, i.e. their share "
                         "of latent distances (default: quantwm.model.train.pretrain_encoder's)")
+    p.add_argument("--latent-cache-gib", type=float, default=4.0, metavar="GIB",
+                   help="stage 2: encode every frame once when the latents fit in this much "
+                        "memory, else every batch (default 4; 0: never)")
     p.add_argument("--rollout-steps", type=int, default=1, metavar="K",
                    help="train on K-step open-loop rollouts as well (default 1: teacher "
                         "forcing only, as the reference)")
@@ -70,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
                              f"(--stage {args.stage}, encoder {args.encoder} exists)")
         if value is not None and not valid(value):
             raise ValueError(f"{flag} must be {bound}, got {value}")
+    if not args.latent_cache_gib >= 0:
+        raise ValueError(f"--latent-cache-gib must be >= 0, got {args.latent_cache_gib}")
     if stage1:
         minutes = args.minutes if args.stage == "encoder" else args.encoder_minutes
         train_encoder(args.encoder, minutes=minutes, steps=args.steps, seed=args.seed,
@@ -81,8 +87,14 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or CHECKPOINT_DIR / f"{env}.pt"
     train_world_model(env, out, encoder_path=args.encoder, minutes=args.minutes,
                       steps=args.steps, seed=args.seed, device=args.device, resume=args.resume,
-                      rollout_steps=args.rollout_steps, batch_size=args.batch_size, lr=args.lr)
+                      rollout_steps=args.rollout_steps, latent_cache_gib=args.latent_cache_gib,
+                      batch_size=args.batch_size, lr=args.lr)
     return 0
+
+
+def _encode_on(encoder: torch.nn.Module, device: torch.device, images: torch.Tensor
+               ) -> torch.Tensor:
+    return encoder(images.to(device))
 
 
 def _overrides(**kw: Any) -> dict[str, Any]:
@@ -111,17 +123,20 @@ def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None
 
 def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float | None,
                       steps: int | None = None, seed: int = 0, device: str = "cpu",
-                      resume: bool = False, rollout_steps: int = 1, **kw: Any) -> WorldModel:
+                      resume: bool = False, rollout_steps: int = 1,
+                      latent_cache_gib: float = 4.0, **kw: Any) -> WorldModel:
     """Stage 2 for ``env`` on top of the frozen stage-1 encoder; saves to ``out``.
 
     ``rollout_steps`` K > 1 trains on windows of num_hist + K frames with the K-step rollout
-    loss added (``quantwm.model.train.dynamics_losses``).
+    loss added (``quantwm.model.train.dynamics_losses``). Every frame is encoded once up front
+    when its latents take at most ``latent_cache_gib`` GiB of CPU memory (0: never).
     """
     if not isinstance(rollout_steps, int) or rollout_steps < 1:
         raise ValueError(f"rollout_steps must be an int >= 1, got {rollout_steps!r}")
     from quantwm.model.sources import frame_windows, load_trajectories, trajectory_frames
     from quantwm.model.train import (
         dataset_stats,
+        freeze_encoder,
         set_latent_standardization,
         train_dynamics,
     )
@@ -146,6 +161,16 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     train_set = frame_windows(env, trajs, "train", T, config.frameskip, config.img_size)
     val_set = frame_windows(env, trajs, "val", T, config.frameskip, config.img_size)
     model.set_normalization(**dataset_stats(train_set, n=2048, seed=seed))
+    per_frame = (config.num_patches, config.enc_dim)
+    gib = sum(w.latent_bytes(per_frame) for w in (train_set, val_set)) / 2**30
+    if gib <= latent_cache_gib:  # the frozen encoder runs once per frame, not once per batch
+        freeze_encoder(model)
+        encode = partial(_encode_on, model.encoder.to(device), torch.device(device))
+        train_set, val_set = (w.encoded(encode) for w in (train_set, val_set))
+        print(f"{env}: every frame encoded once ({gib:.2f} GiB of latents)")
+    else:
+        print(f"{env}: latents would take {gib:.2f} GiB > --latent-cache-gib "
+              f"{latent_cache_gib}: encoding every batch instead")
     summary = train_dynamics(model, train_set, val_set, minutes=minutes, max_steps=steps,
                              seed=seed, device=device, state_path=STATE_DIR / f"{env}.state.pt",
                              resume=resume, **_overrides(**kw))

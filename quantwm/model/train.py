@@ -57,6 +57,10 @@ frames in one pass, AdamW. The decoder keeps training on detached latents (for v
 Optionally (``--rollout-steps K`` > 1, not in the reference) windows hold K - 1 more frames and
 the loss adds the error of the K-step open-loop ``rollout`` from the first ``num_hist`` frames:
 the error the planner's 5-step rollouts actually accumulate, which teacher forcing never sees.
+Since the encoder is frozen, ``quantwm train`` encodes every training frame once up front
+(``FrameWindows.encoded``, when the latents fit in ``--latent-cache-gib``): the same latents
+up to float rounding, without the encoder's forward pass on every step (about a quarter of a
+PushT step on 2 cores).
 
 Both stages run to a time budget (``minutes``) and/or a step budget (``max_steps``), draw
 their batches from ``numpy.random.default_rng([seed, step])`` (so a resumed run sees the same
@@ -332,19 +336,24 @@ def dynamics_losses(model: WorldModel, batch: dict[str, torch.Tensor], decoder_f
     ``z_loss`` (the reference's loss) is the MSE over visual + proprio dims between the
     teacher-forced ``predict`` of frames 1..num_hist and their detached latents;
     ``z_visual`` / ``z_proprio`` are its two parts; ``decoder`` is the reconstruction MSE of the
-    decoder on the detached latents of the first ``decoder_frames`` frames. With K > 1,
+    decoder on the detached latents of the first ``decoder_frames`` frames. A batch that holds
+    ``latent`` (the frozen encoder's output, from ``FrameWindows.encoded``) skips the encoder
+    and needs only those first frames of ``visual``. With K > 1,
     ``z_rollout`` is the MSE of the K-step open-loop ``rollout`` from the first num_hist frames
     against frames num_hist..T-1 (what the planner's rollouts get wrong).
     """
     c = model.config
     visual, proprio = batch["visual"], batch["proprio"]
     action = model.normalize_action(batch["action"])
-    B, T = visual.shape[:2]
+    B, T = proprio.shape[:2]
     H = c.num_hist
     if T < H + 1:
         raise ValueError(f"windows have {T} frames; stage 2 needs at least num_hist + 1 = {H + 1}")
-    with torch.no_grad():  # frozen encoder
-        patches = model.encoder(visual.flatten(0, 1)).unflatten(0, (B, T))
+    if "latent" in batch:  # encoded once up front (FrameWindows.encoded)
+        patches = batch["latent"]
+    else:
+        with torch.no_grad():  # frozen encoder
+            patches = model.encoder(visual.flatten(0, 1)).unflatten(0, (B, T))
     z = _tile(patches, model.proprio_encoder(model.normalize_proprio(proprio)))
     z_pred = model.predict(z[:, :H], action[:, :H])
     target = z[:, 1:H + 1].detach()
