@@ -29,8 +29,11 @@ Objective, per frame:
   the state directions ended ~0.26 feature std off (PushT's block ~20 px, the success radius)
   and held ~28 % of PushT's within-trajectory latent variance; at 1 they are ~0.07 std off and
   hold ~48 %, with reconstruction no worse (weighted MSE 0.0042 vs 0.0050). PushT models
-  trained alike on each (30 min, teacher forcing) plan 0.56-0.62 @5 on it and 0.20-0.22 on
-  the previous one (50 episodes, two seeds).
+  trained alike on each (1200 trajectories, 30 min, teacher forcing) plan 0.56-0.62 @5 on it
+  and 0.20-0.22 on the previous one (50 episodes, two seeds). A larger gain ``aux_scale`` (4
+  instead of 2, ``quantwm train --aux-scale``) would give the state directions more of the
+  latent distance, but the final LayerNorm bounds each token's norm: after 15 min they were
+  ~0.21 std off, three times worse, and reconstruction 35 % worse.
 - Wall's door-path coordinate (the signed distance to the door, ``door_path_coordinate``)
   is there for the planner: with agent x, y alone the latent distance is the straight-line
   distance, whose minimum for a goal across the wall is the wall itself (the planner stops

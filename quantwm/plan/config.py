@@ -103,15 +103,16 @@ _REFERENCE: dict[str, dict[str, int]] = {
 # Worst case: Wall 50 x 64 x 4 x 6 x 2.5 ms = 190 s, PushT 50 x 48 x 3 x 6 x 6.2 ms = 270 s;
 # 111 x 190 s + 87 x 270 s = 12.4 h.
 # What the cuts cost, with a perfect model (exact dynamics, true-state objective;
-# benchmarks/planning_ceiling.py, seed-0 evaluation episodes, 20 each): PushT reaches 0.80 @0 /
-# 0.95 @5 at `cpu`, so the cut budget leaves room for the paper's 0.92 / 0.94. Wall (50
-# episodes, seeds 0 / 1) reaches 0.56 / 0.66 @5 at `cpu` with the straight-line distance, which
-# leaves the agent at the wall when the door is off the straight line, and 1.00 @5 (0.88-0.94
-# @1) with the door-path coordinate the kit's encoder carries (`--objective door-path`): the
-# cut budget is enough there too. With the previous Wall model (teacher forcing only), twice
-# the samples and CEM steps (`quantwm eval --set samples=128 topk=16 cem_steps=8`) lifted @0
-# (0.22 / 0.14 -> 0.38 / 0.38) but not @5 (0.84 / 0.82 -> 0.82 / 0.86): the model, not the
-# search, was the limit; the shipped one reaches 0.96 / 0.92 @5 at `cpu`.
+# benchmarks/planning_ceiling.py, evaluation episodes): PushT (50, seeds 0 / 1) reaches 0.92 /
+# 0.76 @0 and 0.94 / 0.88 @5 at `cpu`, so the cut budget leaves room for the paper's 0.92 /
+# 0.94. Wall (50 episodes, seeds 0 / 1) reaches 0.56 / 0.66 @5 at `cpu` with the straight-line
+# distance, which leaves the agent at the wall when the door is off the straight line, and
+# 1.00 @5 (0.88-0.94 @1) with the door-path coordinate the kit's encoder carries
+# (`--objective door-path`): the cut budget is enough there too. With the previous Wall model
+# (teacher forcing only), twice the samples and CEM steps (`quantwm eval --set samples=128
+# topk=16 cem_steps=8`) lifted @0 (0.22 / 0.14 -> 0.38 / 0.38) but not @5 (0.84 / 0.82 ->
+# 0.82 / 0.86): the model, not the search, was the limit; the shipped one reaches 0.96 / 0.92
+# @5 at `cpu`.
 _CPU: dict[str, dict[str, int]] = {
     "wall": {"samples": 64, "topk": 8, "cem_steps": 4, "mpc_rounds": 5},
     "pusht": {"samples": 48, "topk": 6, "cem_steps": 3, "mpc_rounds": 5},
