@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +66,14 @@ def run(args: argparse.Namespace) -> int:
     if args.stage != "encoder" and args.env is None:
         raise ValueError("--env is required unless --stage encoder")
     stage1 = args.stage == "encoder" or (args.stage == "all" and not args.encoder.exists())
-    for flag, value, valid, bound in (("--aux-weight", args.aux_weight, lambda v: v >= 0, ">= 0"),
-                                      ("--aux-scale", args.aux_scale, lambda v: v > 0, "> 0")):
+    for flag, value in (("--aux-weight", args.aux_weight), ("--aux-scale", args.aux_scale)):
         if value is not None and not stage1:
             raise ValueError(f"{flag} {value} is for stage 1, which this run does not train "
                              f"(--stage {args.stage}, encoder {args.encoder} exists)")
-        if value is not None and not valid(value):
-            raise ValueError(f"{flag} must be {bound}, got {value}")
+    if args.aux_weight is not None and not args.aux_weight >= 0:
+        raise ValueError(f"--aux-weight must be >= 0, got {args.aux_weight}")
+    if args.aux_scale is not None and not args.aux_scale > 0:
+        raise ValueError(f"--aux-scale must be > 0, got {args.aux_scale}")
     if not args.latent_cache_gib >= 0:
         raise ValueError(f"--latent-cache-gib must be >= 0, got {args.latent_cache_gib}")
     if stage1:
@@ -90,11 +90,6 @@ def run(args: argparse.Namespace) -> int:
                       rollout_steps=args.rollout_steps, latent_cache_gib=args.latent_cache_gib,
                       batch_size=args.batch_size, lr=args.lr)
     return 0
-
-
-def _encode_on(encoder: torch.nn.Module, device: torch.device, images: torch.Tensor
-               ) -> torch.Tensor:
-    return encoder(images.to(device))
 
 
 def _overrides(**kw: Any) -> dict[str, Any]:
@@ -165,8 +160,9 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     gib = sum(w.latent_bytes(per_frame) for w in (train_set, val_set)) / 2**30
     if gib <= latent_cache_gib:  # the frozen encoder runs once per frame, not once per batch
         freeze_encoder(model)
-        encode = partial(_encode_on, model.encoder.to(device), torch.device(device))
-        train_set, val_set = (w.encoded(encode) for w in (train_set, val_set))
+        encoder = model.encoder.to(device)
+        train_set, val_set = (w.encoded(lambda images: encoder(images.to(device)))
+                              for w in (train_set, val_set))
         print(f"{env}: every frame encoded once ({gib:.2f} GiB of latents)")
     else:
         print(f"{env}: latents would take {gib:.2f} GiB > --latent-cache-gib "
