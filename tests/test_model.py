@@ -272,7 +272,8 @@ def test_training_reduces_loss_and_is_deterministic(tmp_path):
         assert torch.equal(p1, p2), name
 
 
-def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_continues_where_it_stopped(tmp_path, monkeypatch, ema_decay):
     import quantwm.model.train as train
 
     data = DotWindows(64, num_frames=2, proprio_dim=2)
@@ -282,7 +283,8 @@ def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
         model.set_normalization(**dataset_stats(data, n=64))
         return model
 
-    kw = dict(max_steps=6, batch_size=8, seed=0, quiet=True, ckpt_minutes=0.0)
+    kw = dict(max_steps=6, batch_size=8, seed=0, quiet=True, ckpt_minutes=0.0,
+              ema_decay=ema_decay)
     full = fresh()
     train_dynamics(full, data, **kw)
 
@@ -305,6 +307,65 @@ def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
     for (name, p1), p2 in zip(full.state_dict().items(), resumed.state_dict().values(),
                               strict=True):
         torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def unchanged(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_ema_ends_with_the_moving_average_of_the_trained_weights(monkeypatch):
+    import quantwm.model.train as train
+
+    data = DotWindows(64, num_frames=2, proprio_dim=2)
+    kw = dict(max_steps=5, batch_size=8, lr=2e-3, seed=0, quiet=True)
+
+    def fresh() -> WorldModel:
+        model = tiny_model("wall", seed=1)
+        model.set_normalization(**dataset_stats(data, n=64))
+        return model
+
+    raw, trajectory, real_update = fresh(), [], train._update
+
+    def recording_update(opt, loss, params):
+        real_update(opt, loss, params)
+        trajectory.append([p.detach().clone() for p in raw.predictor.parameters()])
+
+    monkeypatch.setattr(train, "_update", recording_update)
+    s_raw = train_dynamics(raw, data, data, **kw)
+    monkeypatch.setattr(train, "_update", real_update)
+    decay = 0.6
+    averaged = fresh()
+    s_ema = train_dynamics(averaged, data, data, ema_decay=decay, **kw)
+
+    expected = trajectory[0]  # the average starts at the first trained weights
+    for weights in trajectory[1:]:
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights, strict=True)]
+    for e, p in zip(expected, averaged.predictor.parameters(), strict=True):
+        torch.testing.assert_close(p, e)
+    assert not unchanged(list(raw.predictor.parameters()), averaged.predictor)
+    assert s_ema["val_raw"] == s_raw["val"]  # the raw weights trained alike
+    assert s_ema["val"] != s_raw["val"]
+    with pytest.raises(ValueError, match="ema_decay must be in \\[0, 1\\), got 1.0"):
+        train_dynamics(fresh(), data, ema_decay=1.0, **kw)
+
+
+def test_decoder_trains_only_every_nth_step():
+    data = DotWindows(64, num_frames=2, proprio_dim=2)
+    model = tiny_model("wall", seed=1)
+    model.set_normalization(**dataset_stats(data, n=64))
+    decoder = [p.detach().clone() for p in model.decoder.parameters()]
+    predictor = [p.detach().clone() for p in model.predictor.parameters()]
+    s = train_dynamics(model, data, max_steps=4, batch_size=8, seed=0, quiet=True, log_every=1,
+                       decoder_every=5)
+    assert unchanged(decoder, model.decoder)
+    assert not unchanged(predictor, model.predictor)
+    assert all("decoder" not in h for h in s["history"])
+    s = train_dynamics(model, data, max_steps=4, batch_size=8, seed=0, quiet=True, log_every=1,
+                       decoder_every=2)
+    assert ["decoder" in h for h in s["history"]] == [False, True, False, True]
+    assert not unchanged(decoder, model.decoder)
+    with pytest.raises(ValueError, match="decoder_every must be an int >= 1, got 0"):
+        train_dynamics(model, data, max_steps=4, decoder_every=0)
 
 
 def test_latent_standardization_keeps_decoded_images():

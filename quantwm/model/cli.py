@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-cache-gib", type=float, default=4.0, metavar="GIB",
                    help="stage 2: encode every frame once when the latents fit in this much "
                         "memory, else every batch (default 4; 0: never)")
+    p.add_argument("--decoder-every", type=int, default=None, metavar="N",
+                   help="stage 2: train the (viewing-only) decoder on every N-th step only "
+                        "(default: quantwm.model.train.train_dynamics's)")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="stage 2: end with an exponential moving average of the weights, "
+                        "e.g. 0.999 (default: quantwm.model.train.train_dynamics's)")
     p.add_argument("--rollout-steps", type=int, default=1, metavar="K",
                    help="train on K-step open-loop rollouts as well (default 1: teacher "
                         "forcing only, as the reference)")
@@ -88,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     train_world_model(env, out, encoder_path=args.encoder, minutes=args.minutes,
                       steps=args.steps, seed=args.seed, device=args.device, resume=args.resume,
                       rollout_steps=args.rollout_steps, latent_cache_gib=args.latent_cache_gib,
-                      batch_size=args.batch_size, lr=args.lr)
+                      batch_size=args.batch_size, lr=args.lr,
+                      decoder_every=args.decoder_every, ema_decay=args.ema_decay)
     return 0
 
 

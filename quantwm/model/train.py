@@ -83,6 +83,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim import swa_utils
 from tqdm.auto import tqdm
 
 from quantwm.model.world_model import WorldModel, _tile
@@ -180,11 +181,18 @@ def _load_state(path: Path) -> dict[str, Any] | None:
 
 
 def _resume(state_path: Path | None, resume: bool, model: WorldModel,
-            opt: torch.optim.Optimizer) -> tuple[int, float, list]:
-    """Restore model and optimizer from a training state file: (step, minutes, history)."""
+            opt: torch.optim.Optimizer, ema: swa_utils.AveragedModel | None = None
+            ) -> tuple[int, float, list]:
+    """Restore model, optimizer (and weight average) from a training state file:
+    (step, seconds, history)."""
     if resume and state_path is not None and (state := _load_state(state_path)) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            if "ema" not in state:
+                raise ValueError(f"training state {state_path} holds no weight average; "
+                                 "resume it with the ema_decay it was started with")
+            ema.load_state_dict(state["ema"])
         return state["step"], state["elapsed"], state["history"]
     return 0, 0.0, []
 
@@ -198,12 +206,14 @@ def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> Non
 
 
 def _state_saver(state_path: Path | None, model: WorldModel, opt: torch.optim.Optimizer,
-                 history: list) -> Callable[[int, float], None]:
+                 history: list, ema: swa_utils.AveragedModel | None = None
+                 ) -> Callable[[int, float], None]:
     """The resumable-training checkpoint writer of a stage (a no-op without a state path)."""
     def save(step: int, elapsed: float) -> None:
         if state_path is not None:
+            extra = {} if ema is None else {"ema": ema.state_dict()}
             _save_state(state_path, model=model.state_dict(), optimizer=opt.state_dict(),
-                        step=step, elapsed=elapsed, history=history)
+                        step=step, elapsed=elapsed, history=history, **extra)
     return save
 
 
@@ -339,9 +349,9 @@ def dynamics_losses(model: WorldModel, batch: dict[str, torch.Tensor], decoder_f
     ``z_loss`` (the reference's loss) is the MSE over visual + proprio dims between the
     teacher-forced ``predict`` of frames 1..num_hist and their detached latents;
     ``z_visual`` / ``z_proprio`` are its two parts; ``decoder`` is the reconstruction MSE of the
-    decoder on the detached latents of the first ``decoder_frames`` frames. A batch that holds
-    ``latent`` (the frozen encoder's output, from ``FrameWindows.encoded``) skips the encoder
-    and needs only those first frames of ``visual``. With K > 1,
+    decoder on the detached latents of the first ``decoder_frames`` frames (absent for 0). A
+    batch that holds ``latent`` (the frozen encoder's output, from ``FrameWindows.encoded``)
+    skips the encoder and needs only those first frames of ``visual``. With K > 1,
     ``z_rollout`` is the MSE of the K-step open-loop ``rollout`` from the first num_hist frames
     against frames num_hist..T-1 (what the planner's rollouts get wrong).
     """
@@ -361,13 +371,15 @@ def dynamics_losses(model: WorldModel, batch: dict[str, torch.Tensor], decoder_f
     z_pred = model.predict(z[:, :H], action[:, :H])
     target = z[:, 1:H + 1].detach()
     err = (z_pred - target).pow(2)
-    recon = model.decoder(model.encoder.unstandardize(patches[:, :decoder_frames].flatten(0, 1)))
     losses = {
         "z_loss": err.mean(),
         "z_visual": err[..., : c.enc_dim].mean(),
         "z_proprio": err[..., c.enc_dim:].mean(),
-        "decoder": F.mse_loss(recon, visual[:, :decoder_frames].flatten(0, 1)),
     }
+    if decoder_frames > 0:
+        recon = model.decoder(model.encoder.unstandardize(
+            patches[:, :decoder_frames].flatten(0, 1)))
+        losses["decoder"] = F.mse_loss(recon, visual[:, :decoder_frames].flatten(0, 1))
     if T > H + 1:
         losses["z_rollout"] = (model.rollout_window(z, action) - z[:, H:].detach()).pow(2).mean()
     return losses
@@ -395,7 +407,8 @@ def evaluate_dynamics(model: WorldModel, dataset: Windows, n: int = 256, batch_s
 def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | None = None, *,
                    minutes: float | None = None, max_steps: int | None = None,
                    batch_size: int = 32, lr: float = 5e-4, weight_decay: float = 0.01,
-                   decoder_weight: float = 1.0, rollout_weight: float = 1.0, seed: int = 0,
+                   decoder_weight: float = 1.0, decoder_every: int = 1,
+                   rollout_weight: float = 1.0, ema_decay: float = 0.0, seed: int = 0,
                    device: torch.device | str = "cpu",
                    state_path: str | os.PathLike | None = None, resume: bool = False,
                    ckpt_minutes: float = 2.0, log_every: int = 20, quiet: bool = False
@@ -404,16 +417,26 @@ def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | Non
 
     The model's normalisation buffers must already hold the training split's statistics.
     Windows longer than ``num_hist + 1`` frames add ``rollout_weight x z_rollout`` to the loss
-    (see ``dynamics_losses``). Returns a summary (steps, minutes, final train and validation
-    losses, history).
+    (see ``dynamics_losses``). The decoder, for viewing only, trains on every
+    ``decoder_every``-th step (the other steps go to the predictor alone). With ``ema_decay``
+    > 0 the model ends with an exponential moving average of its trained weights
+    (``torch.optim.swa_utils``), and the summary adds the last raw weights' validation losses
+    as ``val_raw``. Returns a summary (steps, minutes, final train and validation losses,
+    history).
     """
+    if not isinstance(decoder_every, int) or decoder_every < 1:
+        raise ValueError(f"decoder_every must be an int >= 1, got {decoder_every!r}")
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
     model.to(device).train()
     freeze_encoder(model)
     params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    ema = (None if ema_decay == 0 else
+           swa_utils.AveragedModel(model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(ema_decay)))
 
     state_path = None if state_path is None else Path(state_path)
-    step, elapsed, history = _resume(state_path, resume, model, opt)
+    step, elapsed, history = _resume(state_path, resume, model, opt, ema)
     budget = _Budget(minutes, max_steps, elapsed)
 
     def step_fn(step: int) -> dict[str, float]:
@@ -421,14 +444,19 @@ def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | Non
         for group in opt.param_groups:
             group["lr"] = cosine_lr(lr, budget.progress(step))
         batch = collate(train_set, rng.integers(len(train_set), size=batch_size), device)
-        losses = dynamics_losses(model, batch)
-        loss = losses["z_loss"] + decoder_weight * losses["decoder"]
+        losses = dynamics_losses(model, batch,
+                                 decoder_frames=int((step + 1) % decoder_every == 0))
+        loss = losses["z_loss"]
+        if "decoder" in losses:
+            loss = loss + decoder_weight * losses["decoder"]
         if "z_rollout" in losses:
             loss = loss + rollout_weight * losses["z_rollout"]
         _update(opt, loss, params)
+        if ema is not None:
+            ema.update_parameters(model)
         return {k: v.item() for k, v in losses.items()}
 
-    save_fn = _state_saver(state_path, model, opt, history)
+    save_fn = _state_saver(state_path, model, opt, history, ema)
     step = _loop("dynamics", step_fn, budget=budget, step=step, history=history,
                  save_fn=save_fn, ckpt_minutes=ckpt_minutes,
                  log_every=log_every, quiet=quiet)
@@ -438,9 +466,14 @@ def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | Non
     summary: dict[str, Any] = {
         "stage": "dynamics", "steps": step, "minutes": round(budget.elapsed() / 60, 2),
         "batch_size": batch_size, "lr": lr, "rollout_weight": rollout_weight,
+        "decoder_every": decoder_every, "ema_decay": ema_decay,
         "final": {k: v for k, v in final.items() if k not in ("step", "minutes")},
         "history": history,
     }
+    if ema is not None:
+        if val_set is not None:
+            summary["val_raw"] = evaluate_dynamics(model, val_set, device=device)
+        model.load_state_dict(ema.module.state_dict())
     if val_set is not None:
         summary["val"] = evaluate_dynamics(model, val_set, device=device)
     return summary
