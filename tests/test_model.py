@@ -309,7 +309,7 @@ def test_resume_continues_where_it_stopped(tmp_path, monkeypatch, ema_decay):
         torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def unchanged(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+def same_params(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
     return all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
@@ -342,7 +342,7 @@ def test_ema_ends_with_the_moving_average_of_the_trained_weights(monkeypatch):
         expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights, strict=True)]
     for e, p in zip(expected, averaged.predictor.parameters(), strict=True):
         torch.testing.assert_close(p, e)
-    assert not unchanged(list(raw.predictor.parameters()), averaged.predictor)
+    assert not same_params(list(raw.predictor.parameters()), averaged.predictor)
     assert s_ema["val_raw"] == s_raw["val"]  # the raw weights trained alike
     assert s_ema["val"] != s_raw["val"]
     with pytest.raises(ValueError, match="ema_decay must be in \\[0, 1\\), got 1.0"):
@@ -357,13 +357,13 @@ def test_decoder_trains_only_every_nth_step():
     predictor = [p.detach().clone() for p in model.predictor.parameters()]
     s = train_dynamics(model, data, max_steps=4, batch_size=8, seed=0, quiet=True, log_every=1,
                        decoder_every=5)
-    assert unchanged(decoder, model.decoder)
-    assert not unchanged(predictor, model.predictor)
+    assert same_params(decoder, model.decoder)
+    assert not same_params(predictor, model.predictor)
     assert all("decoder" not in h for h in s["history"])
     s = train_dynamics(model, data, max_steps=4, batch_size=8, seed=0, quiet=True, log_every=1,
                        decoder_every=2)
     assert ["decoder" in h for h in s["history"]] == [False, True, False, True]
-    assert not unchanged(decoder, model.decoder)
+    assert not same_params(decoder, model.decoder)
     with pytest.raises(ValueError, match="decoder_every must be an int >= 1, got 0"):
         train_dynamics(model, data, max_steps=4, decoder_every=0)
 

@@ -450,8 +450,8 @@ def train_dynamics(model: WorldModel, train_set: Windows, val_set: Windows | Non
         for group in opt.param_groups:
             group["lr"] = cosine_lr(lr, budget.progress(step))
         batch = collate(train_set, rng.integers(len(train_set), size=batch_size), device)
-        losses = dynamics_losses(model, batch,
-                                 decoder_frames=int((step + 1) % decoder_every == 0))
+        train_decoder = (step + 1) % decoder_every == 0
+        losses = dynamics_losses(model, batch, decoder_frames=1 if train_decoder else 0)
         loss = losses["z_loss"]
         if "decoder" in losses:
             loss = loss + decoder_weight * losses["decoder"]
