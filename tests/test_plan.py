@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -22,6 +23,7 @@ from quantwm.plan import (
     record_calibration,
     save_calibration,
 )
+from quantwm.study.tables import success_matrix
 
 # ------------------------------------------------------------------------------ a known world
 GAIN = 1.0  # position change per unit action per env step
@@ -311,7 +313,13 @@ def test_alignment_on_known_dynamics() -> None:
     res = run(point_episodes(4, seed=5), FAST.replace(mpc_rounds=2))
     align = res.alignment()
     assert align["objective_vs_distance"] is not None and align["objective_vs_distance"] > 0.8
-    assert set(res.summary()) >= {"alignment", "success", "config", "seconds"}
+    summary = res.summary()
+    assert set(summary) >= {"alignment", "success", "config", "seconds", "first_success_round"}
+    assert summary["episode_ids"] == [str(i) for i in res.ids]
+    rounds = range(res.success_by_round.shape[1])  # success is carried forward:
+    np.testing.assert_allclose(success_matrix(summary["first_success_round"], rounds).mean(0),
+                               summary["success_by_round"])
+    json.dumps(summary)  # JSON-friendly as it is
 
 
 def test_wall_render_oracle_uses_the_models_objective() -> None:

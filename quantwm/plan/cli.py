@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override PlannerConfig fields, e.g. --set samples=100 execute=best")
     parser.add_argument("--json", default=None, metavar="FILE",
-                        help="write the summary (config, success by iters, timing) here")
+                        help="write the summary here (config, timing, success by iters and "
+                             "per episode)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -61,6 +61,10 @@ class PlanResult:
             raise ValueError(f"iters must be in 0..{last} (the rounds planned), got {iters}")
         return float(self.success_by_round[:, iters].mean())
 
+    def first_success_round(self) -> list[int | None]:
+        """Per episode, the first round after which it had succeeded (None: never)."""
+        return [int(np.argmax(row)) if row.any() else None for row in self.success_by_round]
+
     def success_table(self, iters: list[int] | None = None) -> dict[int, float]:
         """{iters: success rate}; by default 0, 5, 10, 20, ... up to the last round."""
         last = self.success_by_round.shape[1] - 1
@@ -120,7 +124,9 @@ class PlanResult:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-friendly summary: config, success by iters, timing, alignment."""
+        """A JSON-friendly summary: config, success by iters, timing, alignment, and per
+        episode (``episode_ids``) the round it first succeeded in, so that two runs on the same
+        episodes can be compared pairwise (``quantwm.study.mcnemar_exact``)."""
         return {
             "alignment": self.alignment(),
             "env": self.env_name,
@@ -132,6 +138,8 @@ class PlanResult:
             "seconds": self.seconds,
             "round_seconds": self.round_seconds,
             "plan_seconds": self.plan_seconds,
+            "episode_ids": [str(i) for i in self.ids],
+            "first_success_round": self.first_success_round(),
         }
 
 

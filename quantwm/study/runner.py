@@ -80,14 +80,13 @@ def run_experiment(experiment: Experiment, store: ResultStore | None = None,
     result = plan_episodes(model, episodes, config, device=device, progress=progress)
 
     iters = [k for k in paper_iters(experiment.env) if k <= config.mpc_rounds]
-    first = [int(np.argmax(row)) if row.any() else None for row in result.success_by_round]
     record = {
         "label": experiment.quant_config().label() if not experiment.is_float else "FP32",
         "success": {str(k): result.success_at(k) for k in iters},
         "success_by_round": result.success_by_round.mean(axis=0).tolist(),
         "episodes": {
             "ids": [str(i) for i in episodes.ids],
-            "first_success_round": first,
+            "first_success_round": result.first_success_round(),
             "final_loss_by_round": _nan_to_none(result.loss_best[:, :, -1]),
             "latent_mse_by_round": _nan_to_none(result.latent_mse),
             "goal_distance_by_round": _nan_to_none(result.goal_distance),
