@@ -27,7 +27,8 @@ from quantwm.utils import DATA_DIR, atomic_path, check_env_name, git_commit
 #: default dataset sizes (trajectories, steps): Wall twice PROTOCOL section 4's 1920 x 50 (more
 #: wall and door layouts: the predictor's pushes into the wall beside the door improved with
 #: them); PushT 4800 x 80 (about 260k training windows of 4 frames x frameskip 5, each seen
-#: ~2.6 times in a 45-minute training run: on 1200 trajectories the predictor overfitted)
+#: ~3 times in the 45-minute training run of pusht.pt: on 1200 trajectories the predictor
+#: overfitted)
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {"wall": (3840, 50), "pusht": (4800, 80)}
 DEFAULT_SEED = 0
 VAL_FRACTION = 0.1
