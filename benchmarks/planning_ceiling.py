@@ -38,8 +38,8 @@ import torch
 from quantwm.data import evaluation_episodes
 from quantwm.envs.pusht import SUCCESS_ANGLE, SUCCESS_DISTANCE, wrap_angle
 from quantwm.plan import PlannerConfig, planner_config
-from quantwm.plan.cli import parse_overrides
 from quantwm.plan.mpc import episode_seed
+from quantwm.utils import parse_overrides
 
 
 def pusht_state_cost(states: np.ndarray, goal: np.ndarray) -> np.ndarray:

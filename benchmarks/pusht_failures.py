@@ -24,8 +24,8 @@ from quantwm.data import evaluation_episodes
 from quantwm.envs.pusht import SUCCESS_ANGLE, SUCCESS_DISTANCE, wrap_angle
 from quantwm.model import load
 from quantwm.plan import planner_config
-from quantwm.plan.cli import parse_overrides
 from quantwm.plan.mpc import plan_episodes
+from quantwm.utils import parse_overrides
 
 _SHARE = SUCCESS_DISTANCE / np.sqrt(2.0)  # one of two equal parts of the 20 px: ~14 px
 

@@ -246,6 +246,26 @@ def test_bad_inputs_raise_value_error():
         model.rollout(z[:, :2], action)
     with pytest.raises(ValueError, match="unknown environment"):
         WorldModelConfig.for_env("maze")
+    with pytest.raises(ValueError, match="pred_dpeth"):
+        WorldModelConfig.for_env("pusht", pred_dpeth=6)
+
+
+def test_config_overrides_replace_the_env_defaults():
+    config = WorldModelConfig.for_env("pusht", num_hist=1, pred_depth=6)
+    assert (config.num_hist, config.pred_depth, config.proprio_dim) == (1, 6, 4)
+    assert WorldModelConfig.for_env("pusht").num_hist == 3
+
+
+def test_train_cli_model_flag_is_checked(tmp_path, capsys):
+    from quantwm.cli import main
+
+    encoder = tmp_path / "encoder.pt"
+    assert main(["train", "--stage", "encoder", "--encoder", str(encoder),
+                 "--model", "pred_depth=6"]) == 2
+    assert "--model pred_depth=6" in capsys.readouterr().err
+    assert main(["train", "--env", "pusht", "--stage", "dynamics", "--encoder", str(encoder),
+                 "--model", "pred_depth"]) == 2
+    assert "'pred_depth'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- training
@@ -307,6 +327,20 @@ def test_resume_continues_where_it_stopped(tmp_path, monkeypatch, ema_decay):
     for (name, p1), p2 in zip(full.state_dict().items(), resumed.state_dict().values(),
                               strict=True):
         torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_refuses_a_state_of_another_config(tmp_path):
+    data = DotWindows(32, num_frames=2, proprio_dim=2)
+    state = tmp_path / "state.pt"
+    kw = dict(max_steps=2, batch_size=8, seed=0, quiet=True, state_path=state)
+    for depth, resume in ((2, False), (3, True)):
+        model = tiny_model("wall", pred_depth=depth)
+        model.set_normalization(**dataset_stats(data, n=32))
+        if not resume:
+            train_dynamics(model, data, **kw)
+            continue
+        with pytest.raises(ValueError, match=r"'pred_depth': \(2, 3\)"):
+            train_dynamics(model, data, resume=True, **kw)
 
 
 def same_params(before: list[torch.Tensor], module: torch.nn.Module) -> bool:

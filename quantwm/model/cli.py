@@ -19,7 +19,7 @@ import torch
 
 from quantwm.model.checkpoint import CHECKPOINT_DIR, load, save
 from quantwm.model.world_model import WorldModel, WorldModelConfig
-from quantwm.utils import DATA_DIR, ENV_NAMES, check_env_name, seed_everything
+from quantwm.utils import DATA_DIR, ENV_NAMES, check_env_name, parse_overrides, seed_everything
 
 ENCODER_PATH = CHECKPOINT_DIR / "encoder.pt"
 STATE_DIR = DATA_DIR / "runs" / "train"
@@ -61,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=None,
                    help="stage 2: end with an exponential moving average of the weights, "
                         "e.g. 0.999 (default: quantwm.model.train.train_dynamics's)")
+    p.add_argument("--model", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="stage 2: world-model config fields other than the env's defaults, e.g. "
+                        "num_hist=1 pred_depth=6 (quantwm.model.WorldModelConfig; the encoder's "
+                        "must match --encoder)")
     p.add_argument("--rollout-steps", type=int, default=1, metavar="K",
                    help="train on K-step open-loop rollouts as well (default 1: teacher "
                         "forcing only, as the reference)")
@@ -82,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--aux-scale must be > 0, got {args.aux_scale}")
     if not args.latent_cache_gib >= 0:
         raise ValueError(f"--latent-cache-gib must be >= 0, got {args.latent_cache_gib}")
+    if args.model and args.stage == "encoder":
+        raise ValueError(f"--model {' '.join(args.model)} is for stage 2, which --stage encoder "
+                         "does not train")
+    model_config = parse_overrides(args.model, "--model")
+    if args.stage != "encoder":  # a bad field fails here, not after stage 1
+        WorldModelConfig.for_env(check_env_name(args.env), **model_config)
     if stage1:
         minutes = args.minutes if args.stage == "encoder" else args.encoder_minutes
         train_encoder(args.encoder, minutes=minutes, steps=args.steps, seed=args.seed,
@@ -94,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     train_world_model(env, out, encoder_path=args.encoder, minutes=args.minutes,
                       steps=args.steps, seed=args.seed, device=args.device, resume=args.resume,
                       rollout_steps=args.rollout_steps, latent_cache_gib=args.latent_cache_gib,
+                      model_config=model_config,
                       batch_size=args.batch_size, lr=args.lr,
                       decoder_every=args.decoder_every, ema_decay=args.ema_decay)
     return 0
@@ -126,8 +137,12 @@ def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None
 def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float | None,
                       steps: int | None = None, seed: int = 0, device: str = "cpu",
                       resume: bool = False, rollout_steps: int = 1,
-                      latent_cache_gib: float = 4.0, **kw: Any) -> WorldModel:
+                      latent_cache_gib: float = 4.0, model_config: dict[str, Any] | None = None,
+                      **kw: Any) -> WorldModel:
     """Stage 2 for ``env`` on top of the frozen stage-1 encoder; saves to ``out``.
+
+    ``model_config`` overrides fields of the env's default ``WorldModelConfig`` (a deeper
+    predictor, more history frames, ...); the encoder's fields must match ``encoder_path``.
 
     ``rollout_steps`` K > 1 trains on windows of num_hist + K frames with the K-step rollout
     loss added (``quantwm.model.train.dynamics_losses``). Every frame is encoded once up front
@@ -144,7 +159,7 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     )
 
     seed_everything(seed)
-    config = WorldModelConfig.for_env(env)
+    config = WorldModelConfig.for_env(env, **(model_config or {}))
     model = WorldModel(config)
     pretrained = load(encoder_path)
     for field in _ENCODER_FIELDS:

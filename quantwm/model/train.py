@@ -192,6 +192,11 @@ def _resume(state_path: Path | None, resume: bool, model: WorldModel,
     """Restore model, optimizer (and weight average) from a training state file:
     (step, seconds, history)."""
     if resume and state_path is not None and (state := _load_state(state_path)) is not None:
+        saved, current = state.get("config"), model.config.to_dict()
+        if saved is not None and saved != current:
+            changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+            raise ValueError(f"training state {state_path} is of another model config "
+                             f"(field: (saved, this run)) {changed}; resume with the same config")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if ema is not None:
@@ -219,7 +224,8 @@ def _state_saver(state_path: Path | None, model: WorldModel, opt: torch.optim.Op
         if state_path is not None:
             extra = {} if ema is None else {"ema": ema.state_dict()}
             _save_state(state_path, model=model.state_dict(), optimizer=opt.state_dict(),
-                        step=step, elapsed=elapsed, history=history, **extra)
+                        config=model.config.to_dict(), step=step, elapsed=elapsed,
+                        history=history, **extra)
     return save
 
 

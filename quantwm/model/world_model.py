@@ -51,8 +51,13 @@ class WorldModelConfig:
 
     @classmethod
     def for_env(cls, env: str, **overrides: Any) -> WorldModelConfig:
+        """The env's defaults with ``overrides`` (any field but ``env``) applied."""
         if env not in _ENV_DEFAULTS:
             raise ValueError(f"unknown environment {env!r}; expected one of {list(_ENV_DEFAULTS)}")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"env"}
+        if unknown := sorted(set(overrides) - fields):
+            raise ValueError(f"unknown world-model config field(s) {unknown}; "
+                             f"expected some of {sorted(fields)}")
         return cls(env=env, **{**_ENV_DEFAULTS[env], **overrides})
 
     @property

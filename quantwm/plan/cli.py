@@ -11,7 +11,7 @@ import argparse
 import time
 
 from quantwm.plan.config import DEFAULT_PROFILE, PROFILES
-from quantwm.utils import ENV_NAMES
+from quantwm.utils import ENV_NAMES, parse_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,20 +81,3 @@ def run(args: argparse.Namespace) -> int:
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
-
-
-def parse_overrides(items: list[str]) -> dict[str, int | float | str]:
-    """``["samples=100", "execute=best"]`` -> ``{"samples": 100, "execute": "best"}``."""
-    out: dict[str, int | float | str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
-    return out
