@@ -331,16 +331,16 @@ def test_resume_continues_where_it_stopped(tmp_path, monkeypatch, ema_decay):
 
 def test_resume_refuses_a_state_of_another_config(tmp_path):
     data = DotWindows(32, num_frames=2, proprio_dim=2)
-    state = tmp_path / "state.pt"
-    kw = dict(max_steps=2, batch_size=8, seed=0, quiet=True, state_path=state)
-    for depth, resume in ((2, False), (3, True)):
+    kw = dict(max_steps=2, batch_size=8, seed=0, quiet=True, state_path=tmp_path / "state.pt")
+
+    def fresh(depth: int) -> WorldModel:
         model = tiny_model("wall", pred_depth=depth)
         model.set_normalization(**dataset_stats(data, n=32))
-        if not resume:
-            train_dynamics(model, data, **kw)
-            continue
-        with pytest.raises(ValueError, match=r"'pred_depth': \(2, 3\)"):
-            train_dynamics(model, data, resume=True, **kw)
+        return model
+
+    train_dynamics(fresh(2), data, **kw)
+    with pytest.raises(ValueError, match=r"'pred_depth': \(2, 3\)"):
+        train_dynamics(fresh(3), data, resume=True, **kw)
 
 
 def same_params(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
