@@ -35,6 +35,27 @@ def smoke_run(tmp_path_factory):
     return tmp, {r.name: r for r in runs}
 
 
+def test_batch_runs_say_nothing_about_plain_tcp_kernels(tmp_path, capfd) -> None:
+    """ipykernel warns on every notebook whose kernel sockets are unencrypted TCP; the batch
+    runner has the kernel manager provision CurveZMQ keys where pyzmq can."""
+    import nbformat
+    import zmq
+
+    from quantwm.study.notebooks import run_notebooks
+
+    if not zmq.has("curve"):
+        pytest.skip("this pyzmq has no CurveZMQ")
+    (tmp_path / "nb").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 6 * 7")],
+                                  metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    nbformat.write(nb, str(tmp_path / "nb" / "00_tiny.ipynb"))
+    [run] = run_notebooks("smoke", output_dir=tmp_path / "out", notebook_dir=tmp_path / "nb")
+    assert run.html.exists()
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.err + captured.out
+
+
 def test_the_numbered_notebooks_are_the_issue_list() -> None:
     assert NOTEBOOKS == ["00_world_model", "01_outliers", "02_weight_only",
                          "03_weight_activation", "04_encoder_predictor", "05_loss_alignment",

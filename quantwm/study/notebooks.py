@@ -80,11 +80,21 @@ def run_notebooks(
             papermill.execute_notebook(
                 str(source), str(tmp), parameters=params, kernel_name=kernel_name,
                 cwd=str(source.parent), log_output=log_output, progress_bar=False,
+                config=_kernel_config(),
             )
         html = output_dir / f"{source.stem}.html"
         atomic_write_text(html, render_html(executed))
         runs.append(NotebookRun(source.stem, executed, html, time.perf_counter() - start))
     return runs
+
+
+def _kernel_config() -> Any:
+    """Kernel-manager settings: CurveZMQ-encrypt the kernel's local sockets where pyzmq can
+    (otherwise ipykernel warns on every notebook that they are plain TCP)."""
+    import zmq
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
 
 
 def render_html(notebook: str | Path) -> str:
