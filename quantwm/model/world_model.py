@@ -21,8 +21,8 @@ from torch import nn
 from quantwm.model.decoder import Decoder
 from quantwm.model.vit import Encoder, Predictor
 
-# PushT keeps DINO-WM's 3 history frames: with 1 frame and the FLOPs saved spent on depth 6,
-# it planned worse (0.70 vs 0.73 by 5 iterations on 400 episodes; README, Status).
+# PushT has DINO-WM's 3 history frames; num_hist=1 (batch 96) planned as well, 2.3x faster,
+# and depth 6 with it worse (README, Status): the shipped pusht.pt has 3.
 _ENV_DEFAULTS: dict[str, dict[str, int]] = {
     "wall": {"proprio_dim": 2, "num_hist": 1},
     "pusht": {"proprio_dim": 4, "num_hist": 3},
