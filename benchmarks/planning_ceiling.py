@@ -141,7 +141,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--env", choices=("wall", "pusht"), default="pusht")
     p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0, help="evaluation-episode seed")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the evaluation episodes and of the planner, as `quantwm eval`")
     p.add_argument("--profile", default="cpu", help="planner profile (cpu, reference, smoke)")
     p.add_argument("--rounds", type=int, default=None, help="override mpc_rounds")
     p.add_argument("--objective", choices=("state", "door-path", "learned"), default="state")
@@ -153,7 +154,7 @@ def main() -> None:
     args = p.parse_args()
     checkpoint = args.checkpoint or args.env
 
-    config = planner_config(args.env, args.profile, **parse_overrides(args.set))
+    config = planner_config(args.env, args.profile, seed=args.seed, **parse_overrides(args.set))
     if args.rounds is not None:
         config = config.replace(mpc_rounds=args.rounds)
     episodes = evaluation_episodes(args.env, n=args.episodes, seed=args.seed)

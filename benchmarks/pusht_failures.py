@@ -44,7 +44,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="pusht", help="world model (default: the shipped one)")
     p.add_argument("--episodes", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0, help="evaluation episode seed")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the evaluation episodes and of the planner, as `quantwm eval`")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="planner overrides, as for `quantwm eval`")
     p.add_argument("--threads", type=int, default=2)
@@ -52,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load(args.checkpoint)
     episodes = evaluation_episodes("pusht", n=args.episodes, seed=args.seed)
-    config = planner_config("pusht", "cpu", **parse_overrides(args.set))
+    config = planner_config("pusht", "cpu", seed=args.seed, **parse_overrides(args.set))
     result = plan_episodes(model, episodes, config, progress=False)
     print(f"{args.checkpoint}: {args.episodes} episodes (seed {args.seed}), "
           f"success @0 {result.success_at(0):.2f}, @5 {result.success_at(5):.2f}")
