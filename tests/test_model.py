@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantwm.model import WorldModel, WorldModelConfig, load, save
+from quantwm.model import CHECKPOINT_DIR, WorldModel, WorldModelConfig, load, save
 from quantwm.model.train import (
     dataset_stats,
     dynamics_losses,
@@ -20,8 +20,10 @@ torch.set_num_threads(1)
 
 
 def tiny_config(env: str = "pusht", **kw) -> WorldModelConfig:
+    """A small model of ``env``; PushT's keeps DINO-WM's 3 history frames, so that the tests
+    cover the multi-frame paths (the growing window, history actions) as well as Wall's one."""
     base = dict(img_size=32, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2, pred_depth=2,
-                pred_heads=2, pred_head_dim=16, dec_width=16)
+                pred_heads=2, pred_head_dim=16, dec_width=16, num_hist=3 if env == "pusht" else 1)
     return WorldModelConfig.for_env(env, **{**base, **kw})
 
 
@@ -86,8 +88,8 @@ def random_inputs(model: WorldModel, B: int = 3, T: int = 2, seed: int = 0):
 # ------------------------------------------------------------------------------------ structure
 def test_shapes_and_default_sizes():
     cfg = WorldModelConfig.for_env("pusht")
-    assert (cfg.num_patches, cfg.latent_dim, cfg.pred_dim, cfg.num_hist) == (16, 138, 148, 3)
-    model = WorldModel(cfg)
+    assert (cfg.num_patches, cfg.latent_dim, cfg.pred_dim, cfg.num_hist) == (16, 138, 148, 1)
+    model = WorldModel(WorldModelConfig.for_env("pusht", num_hist=3))  # DINO-WM's 3 frames
     blk = model.predictor.blocks[0]
     assert (blk.attn.qkv.in_features, blk.attn.qkv.out_features) == (148, 384)
     assert (blk.attn.proj.in_features, blk.attn.proj.out_features) == (128, 148)
@@ -188,6 +190,16 @@ def test_partial_checkpoint_keeps_only_its_parts(tmp_path):
     assert not any(k.startswith("predictor.") for k in raw["state_dict"])
 
 
+@pytest.mark.parametrize("env", ["wall", "pusht"])
+def test_shipped_checkpoint_is_its_envs_default_model(env):
+    """`quantwm train --env E` (no --model) builds the architecture that was shipped."""
+    if not (CHECKPOINT_DIR / f"{env}.pt").exists():
+        pytest.skip(f"no shipped {env} checkpoint (quantwm train --env {env})")
+    model = load(env)
+    assert model.config == WorldModelConfig.for_env(env)
+    assert model.meta["env"] == env and model.meta["commit"]
+
+
 def test_missing_checkpoint_names_path_and_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="quantwm train"):
         load(tmp_path / "nope.pt")
@@ -251,9 +263,9 @@ def test_bad_inputs_raise_value_error():
 
 
 def test_config_overrides_replace_the_env_defaults():
-    config = WorldModelConfig.for_env("pusht", num_hist=1, pred_depth=6)
-    assert (config.num_hist, config.pred_depth, config.proprio_dim) == (1, 6, 4)
-    assert WorldModelConfig.for_env("pusht").num_hist == 3
+    config = WorldModelConfig.for_env("pusht", num_hist=3, pred_depth=6)
+    assert (config.num_hist, config.pred_depth, config.proprio_dim) == (3, 6, 4)
+    assert WorldModelConfig.for_env("pusht").num_hist == 1
 
 
 def test_train_cli_model_flag_is_checked(tmp_path, capsys):

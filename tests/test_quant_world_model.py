@@ -20,7 +20,7 @@ wm = pytest.importorskip("quantwm.model.world_model")
 def tiny(device):
     cfg = wm.WorldModelConfig.for_env(
         "pusht", img_size=16, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2,
-        pred_depth=2, pred_heads=2, pred_head_dim=16,
+        pred_depth=2, pred_heads=2, pred_head_dim=16, num_hist=3,  # windows of 1..3 frames
     )
     model = wm.WorldModel(cfg).eval().to(device)
     g = torch.Generator().manual_seed(0)

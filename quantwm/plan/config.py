@@ -90,24 +90,27 @@ _REFERENCE: dict[str, dict[str, int]] = {
 # The kit's default on a 2-core CPU. Why: the study is ~190 configurations (111 Wall + 87 PushT
 # counted from the paper's tables, +1 FP32 each) x 50 episodes, and the worst case (no episode
 # succeeds, every round runs) must fit in ~12 hours (43,200 s). One rollout of horizon 5 costs
-# the predictor 163 MFLOP (Wall, 1 history frame) / 402 MFLOP (PushT, window of 3 frames);
-# at the ~65 GFLOP/s the batched rollout achieves here (benchmarks/plan_speed.py) that is
-# 2.5 / 6.2 ms per sampled sequence. The reference (300 samples x 10 / 30 CEM steps x 51 / 31
-# rounds) is then ~6 h per Wall and ~30 h per PushT configuration. The cuts, smallest first:
+# the predictor 163 MFLOP (one history frame, both envs); at the reference budget (300 samples
+# x 10 / 30 CEM steps x 51 / 31 rounds) the worst case of one configuration is ~3.2 h (Wall) /
+# ~5.8 h (PushT) here, ~860 h for the study (benchmarks/plan_speed.py). The cuts, smallest first:
 #   * keep horizon 5, the objective, sample 0 = mean, mean 0 / std 1: they define the method;
 #   * MPC rounds 0..5 (Wall 50 -> 5, PushT 30 -> 5): the targets and most of the paper's
 #     differences between methods are at 0 and 5 iters; 10..50 columns need `reference`;
 #   * samples 300 -> 64 (Wall) / 48 (PushT), topk 8 / 6 (the elite fraction 10 % -> 12.5 %,
 #     so that the elite std is estimated from >= 6 samples);
 #   * CEM steps 10 -> 4 (Wall), 30 -> 3 (PushT): replanning every round makes up for part of it.
-# Worst case: Wall 50 x 64 x 4 x 6 x 2.5 ms = 190 s, PushT 50 x 48 x 3 x 6 x 6.2 ms = 270 s;
-# 111 x 190 s + 87 x 270 s = 12.4 h.
+# Worst case measured (benchmarks/plan_speed.py, 2 cores): Wall 1.9 min and PushT 1.1 min per
+# configuration, 111 x 1.9 + 87 x 1.1 min = 5.0 h. The cuts were sized when PushT's predictor
+# saw 3 frames (2.5x the FLOPs per rollout, ~12 h in all, estimated); the time this frees did
+# not buy success: twice PushT's samples (`--set samples=96 topk=12`) planned 0.78 @5 instead
+# of 0.76 over 300 episodes (seeds 0, 1 and 200 of seed 2; paired McNemar p = 0.41), so the
+# profile stays and the spare time is the user's to spend with `--set`.
 # What the cuts cost, with a perfect model (exact dynamics, true-state objective;
-# benchmarks/planning_ceiling.py, evaluation episodes): PushT (50, seeds 0 / 1) reaches 0.92 /
-# 0.76 @0 and 0.94 / 0.88 @5 at `cpu`, so the cut budget leaves room for the paper's 0.92 /
-# 0.94. Wall (50 episodes, seeds 0 / 1) reaches 0.56 / 0.66 @5 at `cpu` with the straight-line
+# benchmarks/planning_ceiling.py, evaluation episodes): PushT (50, seeds 0 / 1) reaches 0.90 /
+# 0.88 @0 and 0.94 / 0.96 @5 at `cpu`, so the cut budget leaves room for the paper's 0.92 /
+# 0.94. Wall (50 episodes, seeds 0 / 1) reaches 0.66 / 0.52 @5 at `cpu` with the straight-line
 # distance, which leaves the agent at the wall when the door is off the straight line, and
-# 1.00 @5 (0.88-0.94 @1) with the door-path coordinate the kit's encoder carries
+# 1.00 @5 (0.86 / 0.90 @1) with the door-path coordinate the kit's encoder carries
 # (`--objective door-path`): the cut budget is enough there too. With the previous Wall model
 # (teacher forcing only), twice the samples and CEM steps (`quantwm eval --set samples=128
 # topk=16 cem_steps=8`) lifted @0 (0.22 / 0.14 -> 0.38 / 0.38) but not @5 (0.84 / 0.82 ->
