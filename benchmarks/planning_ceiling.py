@@ -142,7 +142,8 @@ def main() -> None:
     p.add_argument("--env", choices=("wall", "pusht"), default="pusht")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the evaluation episodes and of the planner, as `quantwm eval`")
+                   help="seed of the evaluation episodes and of the planner, as `quantwm eval` "
+                        "(--set seed=N: another planner seed)")
     p.add_argument("--profile", default="cpu", help="planner profile (cpu, reference, smoke)")
     p.add_argument("--rounds", type=int, default=None, help="override mpc_rounds")
     p.add_argument("--objective", choices=("state", "door-path", "learned"), default="state")
@@ -154,7 +155,8 @@ def main() -> None:
     args = p.parse_args()
     checkpoint = args.checkpoint or args.env
 
-    config = planner_config(args.env, args.profile, seed=args.seed, **parse_overrides(args.set))
+    overrides = {"seed": args.seed, **parse_overrides(args.set)}
+    config = planner_config(args.env, args.profile, **overrides)
     if args.rounds is not None:
         config = config.replace(mpc_rounds=args.rounds)
     episodes = evaluation_episodes(args.env, n=args.episodes, seed=args.seed)

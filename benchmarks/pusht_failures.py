@@ -45,7 +45,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default="pusht", help="world model (default: the shipped one)")
     p.add_argument("--episodes", type=int, default=30)
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the evaluation episodes and of the planner, as `quantwm eval`")
+                   help="seed of the evaluation episodes and of the planner, as `quantwm eval` "
+                        "(--set seed=N: another planner seed)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="planner overrides, as for `quantwm eval`")
     p.add_argument("--threads", type=int, default=2)
@@ -53,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load(args.checkpoint)
     episodes = evaluation_episodes("pusht", n=args.episodes, seed=args.seed)
-    config = planner_config("pusht", "cpu", seed=args.seed, **parse_overrides(args.set))
+    config = planner_config("pusht", "cpu", **{"seed": args.seed, **parse_overrides(args.set)})
     result = plan_episodes(model, episodes, config, progress=False)
     print(f"{args.checkpoint}: {args.episodes} episodes (seed {args.seed}), "
           f"success @0 {result.success_at(0):.2f}, @5 {result.success_at(5):.2f}")

@@ -300,6 +300,22 @@ def test_cli_arguments() -> None:
         cli.parse_overrides(["samples"])
 
 
+def test_eval_cli_set_seed_reseeds_only_the_planner(tmp_path) -> None:
+    """`quantwm eval --seed 1 --set seed=5`: the episodes of seed 1, planned with seed 5."""
+    from quantwm.cli import main
+    from quantwm.data import evaluation_episodes
+    from quantwm.model import CHECKPOINT_DIR
+
+    if not (CHECKPOINT_DIR / "wall.pt").exists():
+        pytest.skip("no shipped wall checkpoint (quantwm train --env wall)")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--env", "wall", "--episodes", "2", "--profile", "smoke", "--seed",
+                 "1", "--set", "seed=5", "--no-progress", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert (summary["seed"], summary["config"]["seed"]) == (1, 5)
+    assert summary["episode_ids"] == [str(i) for i in evaluation_episodes("wall", n=2, seed=1).ids]
+
+
 def test_wall_oracle_reaches_goal_in_the_same_room() -> None:
     from quantwm.plan.oracle import plan_with_oracle
 

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", required=True, choices=ENV_NAMES, help="environment")
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes (50)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the evaluation episodes and of the planner (0)")
+                        help="seed of the evaluation episodes and of the planner (0; "
+                             "--set seed=N plans the same episodes with another planner seed)")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
                         help=f"planner profile (default {DEFAULT_PROFILE}; reference = PROTOCOL)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu)")
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.max_batch is not None:
         overrides["max_batch"] = args.max_batch
-    config = planner_config(args.env, args.profile, seed=args.seed, **overrides)
+    config = planner_config(args.env, args.profile, **{"seed": args.seed, **overrides})
     extra = " + " + " ".join(args.set) if args.set else ""
     print(f"eval {args.env}: {args.episodes} episodes (seed {args.seed}), profile "
           f"{args.profile}{extra}: samples {config.samples}, topk {config.topk}, CEM steps "
