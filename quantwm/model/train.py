@@ -66,9 +66,9 @@ off by default. Optionally (``--rollout-steps K`` > 1, not in the reference) win
 K - 1 more frames and the loss adds the error of the K-step open-loop ``rollout`` from the
 first ``num_hist`` frames: the error the planner's 5-step rollouts actually accumulate, which
 teacher forcing never sees. Both shipped models train with K = 5: Wall's then planned 0.96 /
-0.92 @5 instead of 0.84 / 0.82 (50 episodes, seeds 0 / 1), PushT's 0.61 @0 where teacher-
-forced models with one or three history frames planned 0.54 (300 episodes; paired McNemar
-p = 0.05 against the three-frame one) and 0.76 @5 as they did (README, Status).
+0.92 @5 instead of 0.84 / 0.82 (50 episodes, seeds 0 / 1), PushT's 0.65 @0 / 0.78 @5 where
+teacher-forced models with one or three history frames planned 0.54 / 0.76 (300 episodes;
+paired McNemar p = 0.001 / 0.39 against the three-frame one; README, Status).
 Since the encoder is frozen, ``quantwm train`` encodes every training frame once up front
 (``FrameWindows.encoded``, when the latents fit in ``--latent-cache-gib``): the same latents
 up to float rounding, without the encoder's forward pass on every step (about a quarter of a

@@ -102,9 +102,9 @@ _REFERENCE: dict[str, dict[str, int]] = {
 # Worst case measured (benchmarks/plan_speed.py, 2 cores): Wall 1.9 min and PushT 1.1 min per
 # configuration, 111 x 1.9 + 87 x 1.1 min = 5.0 h. The cuts were sized when PushT's predictor
 # saw 3 frames (2.5x the FLOPs per rollout, ~12 h in all, estimated); the time this frees did
-# not buy success: twice PushT's samples (`--set samples=96 topk=12`) planned 0.78 @5 instead
-# of 0.76 over 300 episodes (seeds 0, 1 and 200 of seed 2; paired McNemar p = 0.41), so the
-# profile stays and the spare time is the user's to spend with `--set`.
+# not buy success: twice PushT's samples (`--set samples=96 topk=12`) planned 0.60 @0 / 0.78
+# @5 instead of 0.65 / 0.78 over 300 episodes (seeds 0, 1 and 200 of seed 2; paired McNemar
+# p = 0.07 / 1.0), so the profile stays and the spare time is the user's to spend with `--set`.
 # What the cuts cost, with a perfect model (exact dynamics, true-state objective;
 # benchmarks/planning_ceiling.py, evaluation episodes): PushT (50, seeds 0 / 1) reaches 0.90 /
 # 0.88 @0 and 0.94 / 0.96 @5 at `cpu`, so the cut budget leaves room for the paper's 0.92 /
