@@ -472,24 +472,29 @@ def test_windows_encoded_once_give_the_losses_of_encoding_every_batch():
         FrameWindows(trajs, "train", num_frames=4, img_size=32, cache=False).encoded(model.encoder)
 
 
-def test_rollout_loss_is_the_open_loop_rollout_error():
+@pytest.mark.parametrize("num_hist", [1, 3])
+def test_rollout_loss_is_the_open_loop_rollout_error(num_hist):
     """Longer windows add z_rollout = the error of ``rollout`` from the first num_hist frames,
-    and leave the teacher-forced loss (the reference's) as it was on the first num_hist + 1."""
+    and leave the teacher-forced loss (the reference's) as it was on the first num_hist + 1
+    (with one history frame it is taken from the rollout's first step, not recomputed)."""
     from quantwm.model.train import collate
 
-    model = tiny_model("pusht")
-    data = DotWindows(8, num_frames=6, proprio_dim=4)  # num_hist 3 + K = 3 rollout steps
+    model = tiny_model("pusht", num_hist=num_hist)
+    h = num_hist
+    data = DotWindows(8, num_frames=h + 3, proprio_dim=4)  # K = 3 rollout steps
     model.set_normalization(**dataset_stats(data, n=8))
     batch = collate(data, np.arange(8), "cpu")
     with torch.no_grad():
         long = dynamics_losses(model, batch)
-        short = dynamics_losses(model, {k: v[:, :4] for k, v in batch.items()})
+        short = dynamics_losses(model, {k: v[:, :h + 1] for k, v in batch.items()})
         z = model.encode(batch["visual"], batch["proprio"])
         act = model.normalize_action(batch["action"])
-        rolled = model.rollout(z[:, :3], act[:, 2:5], hist_actions=act[:, :2])
+        rolled = model.rollout(z[:, :h], act[:, h - 1:h + 2],
+                               hist_actions=act[:, :h - 1] if h > 1 else None)
     assert "z_rollout" not in short
-    torch.testing.assert_close(long["z_loss"], short["z_loss"])
-    torch.testing.assert_close(long["z_rollout"], (rolled - z[:, 3:]).pow(2).mean())
+    for key in ("z_loss", "z_visual", "z_proprio"):
+        torch.testing.assert_close(long[key], short[key])
+    torch.testing.assert_close(long["z_rollout"], (rolled - z[:, h:]).pow(2).mean())
 
 
 def test_training_with_rollout_loss_reduces_it():
