@@ -65,13 +65,15 @@ average of its weights; at 0.999 on PushT it lowered the validation z_loss by un
 off by default. Optionally (``--rollout-steps K`` > 1, not in the reference) windows hold
 K - 1 more frames and the loss adds the error of the K-step open-loop ``rollout`` from the
 first ``num_hist`` frames: the error the planner's 5-step rollouts actually accumulate, which
-teacher forcing never sees. With one history frame, the teacher-forced prediction of frame
-1 is the rollout's first step, and is taken from it rather than computed twice: a PushT step
-with K = 5 (batch 32) takes 108 ms instead of 144 (2 cores, synthetic batch), a third more steps
-in a time budget, for the same losses and gradients. Both shipped models train with K = 5: Wall's then planned 0.96 /
+teacher forcing never sees. Both shipped models train with K = 5: Wall's then planned 0.96 /
 0.92 @5 instead of 0.84 / 0.82 (50 episodes, seeds 0 / 1), PushT's 0.65 @0 / 0.78 @5 where
 teacher-forced models with one or three history frames planned 0.54 / 0.76 (300 episodes;
-paired McNemar p = 0.001 / 0.39 against the three-frame one; README, Status).
+paired McNemar p = 0.001 / 0.39 against the three-frame one; README, Status). With one
+history frame the teacher-forced prediction of frame 1 is the rollout's first step and is
+taken from it, not computed twice: a PushT step at K = 5 (batch 32) takes 108 ms instead of
+144 (2 cores), for the same losses and gradients. (The third more steps did not plan PushT
+better: 28112 steps in 60 min against the shipped model's 22841, 0.765 against 0.76 @5 on 200
+paired episodes.)
 Since the encoder is frozen, ``quantwm train`` encodes every training frame once up front
 (``FrameWindows.encoded``, when the latents fit in ``--latent-cache-gib``): the same latents
 up to float rounding, without the encoder's forward pass on every step (about a quarter of a
@@ -387,10 +389,10 @@ def dynamics_losses(model: WorldModel, batch: dict[str, torch.Tensor], decoder_f
             patches = model.encoder(visual.flatten(0, 1)).unflatten(0, (B, T))
     z = _tile(patches, model.proprio_encoder(model.normalize_proprio(proprio)))
     rolled = model.rollout_window(z, action) if T > H + 1 else None
-    # With one history frame the teacher-forced prediction of frame 1 *is* the rollout's first
-    # step (same input, same action): reuse it instead of a second predictor pass.
-    z_pred = rolled[:, :1] if rolled is not None and H == 1 else model.predict(z[:, :H],
-                                                                                action[:, :H])
+    if rolled is not None and H == 1:  # same input, same action: no second predictor pass
+        z_pred = rolled[:, :1]
+    else:
+        z_pred = model.predict(z[:, :H], action[:, :H])
     target = z[:, 1:H + 1].detach()
     err = (z_pred - target).pow(2)
     losses = {
