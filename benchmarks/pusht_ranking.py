@@ -36,14 +36,10 @@ from planning_ceiling import PushTCeiling, pusht_state_cost
 from quantwm.data import evaluation_episodes
 from quantwm.plan import planner_config
 from quantwm.plan.objective import latent_objective, proprio_emb_dim
+from quantwm.study.analysis import spearman
 
 SETS = ("broad", "narrow", "broad@1", "narrow@1")
 COLUMNS = ("spearman", "latent regret", "state regret", "exact's regret", "median state")
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = (np.argsort(np.argsort(x)) for x in (a, b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 @torch.inference_mode()
