@@ -39,6 +39,7 @@ from quantwm.plan.objective import latent_objective, proprio_emb_dim
 from quantwm.study.analysis import spearman
 
 SETS = ("broad", "narrow", "broad@1", "narrow@1")
+PLANS = 96  # candidate plans per set
 COLUMNS = ("spearman", "latent regret", "state regret", "exact's regret", "median state")
 
 
@@ -56,7 +57,7 @@ def predicted_scores(scorer: PushTCeiling, state: np.ndarray, raw: np.ndarray,
 
 
 def candidate_sets(start: np.ndarray, goal: np.ndarray, sampler: PushTCeiling,
-                   gen: torch.Generator, n: int = 96, narrow_std: float = 0.3
+                   gen: torch.Generator, n: int = PLANS, narrow_std: float = 0.3
                    ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """(set name, state planned from, raw plans (n, T, 2), exact final states), for SETS."""
     shape = (n, sampler.config.horizon, sampler.model.config.action_dim)
@@ -101,7 +102,7 @@ def main() -> None:
                 stats[m, s, i] = (spearman(pred, exact), exact[k] - exact.min(),
                                   cost[k] - cost.min(), cost[k_exact] - cost.min(),
                                   np.median(cost))
-    print(f"pusht ranking: {args.episodes} episodes (seed {args.seed}), 96 plans per set, "
+    print(f"pusht ranking: {args.episodes} episodes (seed {args.seed}), {PLANS} plans per set, "
           f"{time.perf_counter() - t0:.0f} s; medians over episodes")
     for m, checkpoint in enumerate(args.checkpoint):
         print(f"{checkpoint}\n  {'set':<9}" + "".join(f"{c:>17}" for c in COLUMNS))
