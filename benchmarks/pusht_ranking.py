@@ -36,7 +36,7 @@ from planning_ceiling import PushTCeiling, pusht_state_cost
 from quantwm.data import evaluation_episodes
 from quantwm.plan import planner_config
 from quantwm.plan.objective import latent_objective, proprio_emb_dim
-from quantwm.study.analysis import spearman
+from quantwm.utils import spearman
 
 SETS = ("broad", "narrow", "broad@1", "narrow@1")
 PLANS = 96  # candidate plans per set

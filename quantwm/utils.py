@@ -119,6 +119,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def spearman(x: Any, y: Any) -> float:
+    """Spearman rank correlation of paired values (average ranks for ties; pairs with a NaN
+    dropped); NaN for fewer than 3 pairs or no spread."""
+    import pandas as pd
+
+    x, y = pd.Series(np.asarray(x, float)), pd.Series(np.asarray(y, float))
+    ok = x.notna() & y.notna()
+    x, y = x[ok].rank(), y[ok].rank()
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 def parse_overrides(items: list[str], flag: str = "--set") -> dict[str, int | float | str]:
     """``["samples=100", "execute=best"]`` -> ``{"samples": 100, "execute": "best"}``."""
     out: dict[str, int | float | str] = {}

@@ -23,6 +23,7 @@ from torch import Tensor
 from quantwm.plan.cem import cem_plan
 from quantwm.plan.config import PlannerConfig
 from quantwm.plan.objective import latent_objective, proprio_emb_dim
+from quantwm.utils import spearman
 
 
 @dataclass
@@ -116,8 +117,8 @@ class PlanResult:
         planned = np.isfinite(self.latent_mse)
         lat = self.latent_mse[planned]
         out: dict[str, float | None] = {
-            "objective_vs_distance": _spearman(lat, self.goal_distance[planned]),
-            "predicted_vs_reached": _spearman(self.loss_best[:, :, -1][planned], lat),
+            "objective_vs_distance": _or_none(spearman(lat, self.goal_distance[planned])),
+            "predicted_vs_reached": _or_none(spearman(self.loss_best[:, :, -1][planned], lat)),
         }
         out["mean_predicted_final_objective"] = float(np.mean(self.loss_best[:, :, -1][planned]))
         out["mean_reached_objective"] = float(np.mean(lat))
@@ -143,18 +144,14 @@ class PlanResult:
         }
 
 
+def _or_none(value: float) -> float | None:
+    """NaN -> None (JSON has no NaN)."""
+    return None if np.isnan(value) else value
+
+
 def _nanmean_columns(a: np.ndarray) -> list[float | None]:
     """Column means ignoring NaN; None for a column without any value."""
     return [float(np.nanmean(c)) if np.isfinite(c).any() else None for c in a.T]
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    if len(a) < 3:
-        return None
-    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
-    if ra.std() == 0 or rb.std() == 0:
-        return None
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def episode_seed(seed: int, episode_id: str) -> int:

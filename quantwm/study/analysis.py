@@ -24,6 +24,7 @@ import torch
 from quantwm.study.grid import FLOAT, TABLE_ENV, Experiment, paper_configs, paper_tables
 from quantwm.study.store import ResultStore
 from quantwm.study.tables import mcnemar_exact, success_matrix, wilson_interval
+from quantwm.utils import spearman
 
 PAPER_EPISODES = 50
 CONFIG_KEYS = ["method", "w_bits", "a_bits", "group", "act_granularity",
@@ -532,16 +533,6 @@ def loss_alignment(frame: pd.DataFrame) -> pd.DataFrame:
                      "goal_distance": float(last["goal_distance"].mean()),
                      "rho_loss_distance": rho})
     return pd.DataFrame(rows)
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN for < 3 points or no spread."""
-    x, y = pd.Series(np.asarray(x, float)), pd.Series(np.asarray(y, float))
-    ok = x.notna() & y.notna()
-    x, y = x[ok].rank(), y[ok].rank()
-    if len(x) < 3 or x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 def verdict_insight5(alignment: pd.DataFrame, profile: str, env: str) -> str:
