@@ -68,7 +68,7 @@ first ``num_hist`` frames: the error the planner's 5-step rollouts actually accu
 teacher forcing never sees. Both shipped models train with K = 5: Wall's then planned 0.96 /
 0.92 @5 instead of 0.84 / 0.82 (50 episodes, seeds 0 / 1), PushT's 0.65 @0 / 0.78 @5 where
 teacher-forced models with one or three history frames planned 0.54 / 0.76 (300 episodes;
-paired McNemar p = 0.001 / 0.39 against the three-frame one; README, Status). With one
+paired McNemar p = 0.001 / 0.39 against the three-frame one; docs/world_models.md). With one
 history frame the teacher-forced prediction of frame 1 is the rollout's first step and is
 taken from it, not computed twice: a PushT step at K = 5 (batch 32) takes 108 ms instead of
 144 (2 cores), for the same losses and gradients. (The third more steps did not plan PushT

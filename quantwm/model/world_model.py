@@ -23,8 +23,8 @@ from quantwm.model.vit import Encoder, Predictor
 
 # One history frame for both: one PushT frame with its proprio is the whole state (the block
 # keeps no momentum, the agent's velocity is in the proprio), and a one-frame PushT predictor
-# planned as well as one with DINO-WM's 3 frames at 2.3x less compute per rollout (README,
-# Status); `quantwm train --model num_hist=3` trains DINO-WM's.
+# planned as well as one with DINO-WM's 3 frames at 2.3x less compute per rollout
+# (docs/world_models.md); `quantwm train --model num_hist=3` trains DINO-WM's.
 _ENV_DEFAULTS: dict[str, dict[str, int]] = {
     "wall": {"proprio_dim": 2, "num_hist": 1},
     "pusht": {"proprio_dim": 4, "num_hist": 1},
