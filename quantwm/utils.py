@@ -1,4 +1,5 @@
-"""Small helpers shared by every package: paths, atomic writes, provenance, seeding."""
+"""Small helpers shared by every package: paths, atomic writes, provenance, seeding, `--set`
+overrides, a rank correlation."""
 
 from __future__ import annotations
 
