@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/plan_speed.py                 # both envs, cpu + reference
     .venv/bin/python benchmarks/plan_speed.py --envs wall --torch-profile
     python benchmarks/plan_speed.py --device cuda --measure-episodes 50 --max-batch 16384
+    .venv/bin/python benchmarks/plan_speed.py --envs pusht --model patch_size=8   # another size
 
 For each environment it prints:
   * the predictor's achieved GFLOP/s inside the planner's batched rollout (FLOPs counted by
@@ -13,8 +14,9 @@ For each environment it prints:
   * the worst case of one full configuration (all episodes plan all rounds, none succeeds) per
     profile, and the estimate of the whole study (configurations counted from
     ``data/paper_tables.csv``) at the cpu profile.
-Uses the shipped checkpoint when present, else a randomly initialised model of the same size
-(speed does not depend on the weights).
+Uses the shipped checkpoint when present, else (or with ``--model FIELD=VALUE ...``, to size
+another model before training it) a randomly initialised model: speed does not depend on the
+weights.
 """
 
 from __future__ import annotations
@@ -27,21 +29,24 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from quantwm.plan import PlannerConfig, cem_plan, planner_config, rollout_objective
 from quantwm.plan.objective import proprio_emb_dim
-from quantwm.utils import DATA_DIR
+from quantwm.utils import DATA_DIR, parse_overrides
 
 CONFIG_COLUMNS = ["table", "env", "method", "w_bits", "a_bits", "group", "act_granularity",
                   "enc_w", "enc_a", "pred_w", "pred_a"]
 
 
-def load_model(env: str, device: torch.device) -> tuple[torch.nn.Module, str]:
+def load_model(env: str, device: torch.device, overrides: dict[str, object] | None = None
+               ) -> tuple[torch.nn.Module, str]:
     path = DATA_DIR / "checkpoints" / f"{env}.pt"
-    if path.exists():
+    if path.exists() and not overrides:
         from quantwm.model import load
 
         return load(env, device=device), f"checkpoint {path}"
     from quantwm.model.world_model import WorldModel, WorldModelConfig
 
-    return WorldModel(WorldModelConfig.for_env(env)).to(device), "random init (no checkpoint yet)"
+    model = WorldModel(WorldModelConfig.for_env(env, **(overrides or {}))).to(device)
+    why = f"--model {overrides}" if overrides else "no checkpoint yet"
+    return model, f"random init ({why})"
 
 
 def _sync(device: torch.device) -> None:
@@ -146,6 +151,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="most sequences per rollout call (default: the profile's)")
+    parser.add_argument("--model", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="time a randomly initialised model of another size "
+                             "(quantwm.model.WorldModelConfig fields, e.g. patch_size=8)")
     parser.add_argument("--torch-profile", action="store_true",
                         help="print torch.profiler's top ops of one batched rollout")
     args = parser.parse_args()
@@ -158,7 +166,7 @@ def main() -> None:
     configs = study_configurations()
     worst: dict[tuple[str, str], float] = {}
     for env in args.envs:
-        model, origin = load_model(env, device)
+        model, origin = load_model(env, device, parse_overrides(args.model, "--model"))
         model.eval()
         c = model.config
         print(f"\n== {env}: {origin}; predictor width {c.pred_dim}, depth {c.pred_depth}, "
