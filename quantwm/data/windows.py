@@ -114,13 +114,16 @@ class FrameWindows(Dataset):
             raise ValueError(f"visual_frames must be in 0..{self.num_frames}, got {visual_frames}")
         n, t1 = self._frames.shape[:2]
         flat = self._frames.reshape(n * t1, *self._frames.shape[2:])
-        parts = []
+        latents: torch.Tensor | None = None  # filled in place: no second copy at the peak
         with torch.no_grad():
             for start in range(0, len(flat), chunk):
                 images = torch.from_numpy(flat[start:start + chunk]).float().div_(255.0)
-                parts.append(encode(images).float().cpu())
+                z = encode(images)
+                if latents is None:
+                    latents = torch.empty((len(flat), *z.shape[1:]), dtype=torch.float32)
+                latents[start:start + len(z)] = z
         out = copy.copy(self)
-        out._latents = torch.cat(parts).unflatten(0, (n, t1))
+        out._latents = latents.unflatten(0, (n, t1))
         out._visual_frames = int(visual_frames)
         return out
 
