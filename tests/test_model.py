@@ -341,6 +341,32 @@ def test_resume_continues_where_it_stopped(tmp_path, monkeypatch, ema_decay):
         torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_stage2_with_latents_encoded_once_trains_the_model_of_encoding_every_batch(
+        tmp_path, monkeypatch):
+    """`quantwm train --stage dynamics` end to end on a tiny encoder and a small dataset: with
+    the latents cached up front (no frame cache) it trains the same model as with the encoder
+    run on every batch, and the checkpoint records how it was trained."""
+    import quantwm.model.cli as cli
+    import quantwm.model.sources as sources
+    from quantwm.data import make_trajectories
+
+    trajs = make_trajectories("wall", 12, 30, seed=2)
+    monkeypatch.setattr(sources, "load_trajectories", lambda env, path=None: trajs)
+    monkeypatch.setattr(cli, "STATE_DIR", tmp_path)
+    fields = dict(img_size=32, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2, dec_width=16)
+    encoder = save(tiny_model("wall", seed=3, **fields), tmp_path / "encoder.pt")
+    small = dict(fields, pred_depth=1, pred_heads=2, pred_head_dim=16)
+    models = [cli.train_world_model("wall", tmp_path / f"m{gib}.pt", encoder_path=encoder,
+                                    minutes=None, steps=4, rollout_steps=2, quiet=True,
+                                    latent_cache_gib=gib, model_config=small, batch_size=8)
+              for gib in (0.0, 8.0)]
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+    meta = load(tmp_path / "m8.0.pt").meta
+    assert meta["training"]["steps"] == 4 and meta["rollout_steps"] == 2
+
+
 def test_resume_refuses_a_state_of_another_config(tmp_path):
     data = DotWindows(32, num_frames=2, proprio_dim=2)
     kw = dict(max_steps=2, batch_size=8, seed=0, quiet=True, state_path=tmp_path / "state.pt")
@@ -468,8 +494,14 @@ def test_windows_encoded_once_give_the_losses_of_encoding_every_batch():
     for ga, gb in zip(*grads, strict=True):
         torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
     assert encoded.latent_bytes((16, 32)) == len(plain.traj_idx) * 31 * 16 * 32 * 4
-    with pytest.raises(ValueError, match="cache"):
-        FrameWindows(trajs, "train", num_frames=4, img_size=32, cache=False).encoded(model.encoder)
+    # without the frame cache: rendered chunk by chunk, the same latents and items
+    uncached = FrameWindows(trajs, "train", num_frames=4, frameskip=5, img_size=32, cache=False)
+    c = collate(uncached.encoded(model.encoder, chunk=5), idx, "cpu")
+    assert c.keys() == b.keys()
+    for key in b:
+        torch.testing.assert_close(c[key], b[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="visual_frames must be in 0..4, got 5"):
+        plain.encoded(model.encoder, visual_frames=5)
 
 
 @pytest.mark.parametrize("num_hist", [1, 3])

@@ -17,10 +17,10 @@ PushT's, built in ~1-3 min on 2 cores): items are then slices of it.
 With ``cache=False`` each item renders its frames on demand (slower per item, no memory).
 ``batch(indices)`` assembles many items at once without per-item Python overhead.
 
-``encoded(encode)`` returns the same windows with every cached frame passed once through a
-frozen encoder: items then hold ``latent`` (num_frames, ...) and only the first
-``visual_frames`` frames of ``visual``. Stage-2 training uses it so that the frozen encoder does
-not run again on every batch.
+``encoded(encode)`` returns the same windows with every frame passed once through a frozen
+encoder: items then hold ``latent`` (num_frames, ...) and only the first ``visual_frames``
+frames of ``visual``. Stage-2 training uses it, without the frame cache, so that the frozen
+encoder does not run again on every batch and the latents are the only copy of the data.
 """
 
 from __future__ import annotations
@@ -100,27 +100,34 @@ class FrameWindows(Dataset):
             out[rows] = frames.reshape(len(rows), t1, size, size, 3).transpose(0, 1, 4, 2, 3)
         return out
 
+    def _frames_at(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Channel-first uint8 frames (k, 3, H, W) of (row, time) pairs: cached or rendered."""
+        if self._frames is not None:
+            return self._frames[rows, times]
+        return np.ascontiguousarray(self._render_rows(rows, times).transpose(0, 3, 1, 2))
+
     def encoded(self, encode: Callable[[torch.Tensor], torch.Tensor], *, chunk: int = 512,
                 visual_frames: int = 1) -> FrameWindows:
         """These windows with every frame encoded once: ``encode`` maps float (n, 3, H, W) in
         [0, 1] to (n, ...); it runs on ``chunk`` frames at a time under ``torch.no_grad`` and
         its outputs are kept on the CPU (float32, ``latent_bytes()`` of them). Items of the
         result hold ``latent`` (num_frames, ...) and the first ``visual_frames`` frames of
-        ``visual``. Needs the frame cache; the windows themselves are shared, not copied.
+        ``visual``. The windows themselves are shared, not copied. Without the frame cache
+        each chunk is rendered, encoded and dropped, and items render their ``visual_frames``
+        frames on demand (cheap: a few ms for a batch's first frames), so the latents are all
+        the memory this takes.
         """
-        if self._frames is None:
-            raise ValueError("encoded() needs the frame cache: build FrameWindows with cache=True")
         if not 0 <= visual_frames <= self.num_frames:
             raise ValueError(f"visual_frames must be in 0..{self.num_frames}, got {visual_frames}")
-        n, t1 = self._frames.shape[:2]
-        flat = self._frames.reshape(n * t1, *self._frames.shape[2:])
+        n, t1 = len(self.traj_idx), self.trajs.n_steps + 1
         latents: torch.Tensor | None = None  # filled in place: no second copy at the peak
         with torch.no_grad():
-            for start in range(0, len(flat), chunk):
-                images = torch.from_numpy(flat[start:start + chunk]).float().div_(255.0)
+            for start in range(0, n * t1, chunk):
+                rows, times = np.divmod(np.arange(start, min(n * t1, start + chunk)), t1)
+                images = torch.from_numpy(self._frames_at(rows, times)).float().div_(255.0)
                 z = encode(images)
                 if latents is None:
-                    latents = torch.empty((len(flat), *z.shape[1:]), dtype=torch.float32)
+                    latents = torch.empty((n * t1, *z.shape[1:]), dtype=torch.float32)
                 latents[start:start + len(z)] = z
         out = copy.copy(self)
         out._latents = latents.unflatten(0, (n, t1))
@@ -150,12 +157,8 @@ class FrameWindows(Dataset):
         times = self._times(starts)
         b, t = times.shape
         seen = times[:, : self._visual_frames]  # the frames whose pixels the batch holds
-        if self._frames is not None:
-            frames = self._frames[rows[:, None], seen]  # (B, T', 3, H, W), contiguous
-        else:
-            frames = self._render_rows(np.repeat(rows, t), times.reshape(-1))
-            frames = frames.reshape(b, t, self.img_size, self.img_size, 3).transpose(0, 1, 4, 2, 3)
-            frames = np.ascontiguousarray(frames)
+        frames = self._frames_at(np.repeat(rows, seen.shape[1]), seen.reshape(-1))
+        frames = frames.reshape(b, seen.shape[1], *frames.shape[1:])  # (B, T', 3, H, W)
         # numpy, single-threaded: torch's thread pool is slower for this on a busy 2-core CPU
         visual = frames.astype(np.float32)
         visual *= np.float32(1.0 / 255.0)

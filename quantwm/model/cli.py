@@ -52,9 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aux-scale", type=float, default=None,
                    help="stage 1: gain s of the state features in the latent, i.e. their share "
                         "of latent distances (default: quantwm.model.train.pretrain_encoder's)")
-    p.add_argument("--latent-cache-gib", type=float, default=4.0, metavar="GIB",
+    p.add_argument("--latent-cache-gib", type=float, default=8.0, metavar="GIB",
                    help="stage 2: encode every frame once when the latents fit in this much "
-                        "memory, else every batch (default 4; 0: never)")
+                        "memory, else every batch (default 8; 0: never)")
     p.add_argument("--decoder-every", type=int, default=None, metavar="N",
                    help="stage 2: train the (viewing-only) decoder on every N-th step only "
                         "(default: quantwm.model.train.train_dynamics's)")
@@ -137,7 +137,7 @@ def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None
 def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float | None,
                       steps: int | None = None, seed: int = 0, device: str = "cpu",
                       resume: bool = False, rollout_steps: int = 1,
-                      latent_cache_gib: float = 4.0, model_config: dict[str, Any] | None = None,
+                      latent_cache_gib: float = 8.0, model_config: dict[str, Any] | None = None,
                       **kw: Any) -> WorldModel:
     """Stage 2 for ``env`` on top of the frozen stage-1 encoder; saves to ``out``.
 
@@ -146,7 +146,8 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
 
     ``rollout_steps`` K > 1 trains on windows of num_hist + K frames with the K-step rollout
     loss added (``quantwm.model.train.dynamics_losses``). Every frame is encoded once up front
-    when its latents take at most ``latent_cache_gib`` GiB of CPU memory (0: never).
+    when its latents take at most ``latent_cache_gib`` GiB of CPU memory (0: never); the latents
+    then replace the frame cache, and each batch renders only the decoder's frames.
     """
     if not isinstance(rollout_steps, int) or rollout_steps < 1:
         raise ValueError(f"rollout_steps must be an int >= 1, got {rollout_steps!r}")
@@ -175,12 +176,14 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     standardization = set_latent_standardization(model, frames)
     print(f"{env}: encoder output standardised: {standardization}")
     T = config.num_hist + rollout_steps
-    train_set = frame_windows(env, trajs, "train", T, config.frameskip, config.img_size)
-    val_set = frame_windows(env, trajs, "val", T, config.frameskip, config.img_size)
+    gib = trajs.n_traj * (trajs.n_steps + 1) * config.num_patches * config.enc_dim * 4 / 2**30
+    # latents that fit replace the frame cache: the frozen encoder runs once per frame, not once
+    # per batch, and only the decoder's few frames per batch are rendered
+    cache_frames = gib > latent_cache_gib
+    train_set, val_set = (frame_windows(env, trajs, split, T, config.frameskip, config.img_size,
+                                        cache=cache_frames) for split in ("train", "val"))
     model.set_normalization(**dataset_stats(train_set, n=2048, seed=seed))
-    per_frame = (config.num_patches, config.enc_dim)
-    gib = sum(w.latent_bytes(per_frame) for w in (train_set, val_set)) / 2**30
-    if gib <= latent_cache_gib:  # the frozen encoder runs once per frame, not once per batch
+    if not cache_frames:
         freeze_encoder(model)
         encoder = model.encoder.to(device)
         train_set, val_set = (w.encoded(lambda images: encoder(images.to(device)))

@@ -119,11 +119,12 @@ class EnvFrames:
 
 
 def frame_windows(env_name: str, trajs: Any, split: str, num_frames: int, frameskip: int,
-                  img_size: int) -> Any:
+                  img_size: int, cache: bool = True) -> Any:
     """``quantwm.data.FrameWindows`` of ``num_frames`` frames (stage-2 data)."""
     from quantwm.data import FrameWindows
 
-    return FrameWindows(trajs, split, num_frames, frameskip=frameskip, img_size=img_size)
+    return FrameWindows(trajs, split, num_frames, frameskip=frameskip, img_size=img_size,
+                        cache=cache)
 
 
 def trajectory_frames(env_name: str, trajs: Any, split: str, n: int, frameskip: int,
