@@ -14,6 +14,7 @@ from quantwm.data import (
     calibration_episodes,
     default_path,
     evaluation_episodes,
+    extend_trajectories,
     load_trajectories,
     make_trajectories,
     summarize,
@@ -113,6 +114,38 @@ def test_summary_reports_what_the_data_does(small: dict) -> None:
     w, p = summarize(small["wall"]), summarize(small["pusht"])
     assert 0.0 < w["fraction_through_door"] <= 1.0
     assert p["fraction_steps_block_moves"] > 0.2
+
+
+@pytest.mark.parametrize("name", ["wall", "pusht"])
+def test_extending_a_dataset_keeps_its_validation_split_and_episodes(small: dict, name: str,
+                                                                     monkeypatch) -> None:
+    import quantwm.data.trajectories as trajectories
+
+    monkeypatch.setattr(trajectories, "EXTEND_CHUNK", 4)  # two chunks of 4, one of 2
+    base = small[name]
+    grown = extend_trajectories(base, 10, seed=5)
+    assert grown.n_traj == base.n_traj + 10 and (grown.split[base.n_traj:] == "train").all()
+    np.testing.assert_array_equal(grown.states[: base.n_traj], base.states)
+    np.testing.assert_array_equal(grown.indices("val"), base.indices("val"))
+    assert {k: v.shape for k, v in grown.params.items()} == {k: (base.n_traj + 10,)
+                                                             for k in base.params}
+    a = evaluation_episodes(name, 5, seed=2, trajectories=base)
+    b = evaluation_episodes(name, 5, seed=2, trajectories=grown)
+    np.testing.assert_array_equal(a.start_states, b.start_states)
+    np.testing.assert_array_equal(a.goal_states, b.goal_states)
+    # chunk k comes from SeedSequence([seed, k]): the first chunk is a plain 4-trajectory draw
+    rng = np.random.default_rng(np.random.SeedSequence([5, 0]))
+    first = trajectories._generate(name, 4, base.n_steps, rng)[0]
+    np.testing.assert_array_equal(grown.states[base.n_traj: base.n_traj + 4],
+                                  trajectories._round32(first))
+    np.testing.assert_array_equal(extend_trajectories(base, 10, seed=5).states, grown.states)
+    assert grown.meta["extensions"][0]["seed"] == 5
+    with pytest.raises(ValueError, match="seed 5 was already used"):
+        extend_trajectories(grown, 2, seed=5)
+    with pytest.raises(ValueError, match="seed 3 was already used"):
+        extend_trajectories(base, 2, seed=3)
+    with pytest.raises(ValueError, match="n_traj must be a positive integer, got 0"):
+        extend_trajectories(base, 0, seed=6)
 
 
 def test_bad_dataset_requests() -> None:
@@ -295,3 +328,8 @@ def test_cli_make_and_show(tmp_path, capsys) -> None:
         main(["data", "make", "--env", "wall", "--n-traj", "1", "--out", str(out), "--quiet"]) == 2
     )
     assert "n_traj" in capsys.readouterr().err
+    extend = ["data", "extend", "--env", "wall", "--n-traj", "6", "--path", str(out)]
+    assert main([*extend, "--seed", "4"]) == 0
+    assert Trajectories.load(out).n_traj == 26 and "'seed': 4" in capsys.readouterr().out
+    assert main([*extend, "--seed", "2"]) == 2
+    assert "seed 2 was already used" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 - ``make_trajectories(env_name, n_traj, n_steps, seed) -> Trajectories``; ``Trajectories.save``
   / ``Trajectories.load`` (compressed npz, ``data/<env>/trajectories.npz``);
-  ``load_trajectories(env_name)`` reads the shipped file.
+  ``load_trajectories(env_name)`` reads the shipped file; ``extend_trajectories(trajs, n, seed)``
+  appends training trajectories and leaves the validation split (and its episodes) as it was.
 - ``FrameWindows(trajs, split, num_frames, frameskip=5, img_size=64)``: a torch Dataset of
   rendered frame windows (imported lazily: it needs torch).
 - ``evaluation_episodes(env_name, n=50, seed=0)``, ``calibration_episodes(env_name, n=50,
@@ -19,6 +20,7 @@ from quantwm.data.trajectories import (
     DEFAULT_SIZES,
     Trajectories,
     default_path,
+    extend_trajectories,
     format_summary,
     load_trajectories,
     make_trajectories,
@@ -38,6 +40,7 @@ __all__ = [
     "DEFAULT_SEED",
     "DEFAULT_SIZES",
     "EpisodeSet",
+    "extend_trajectories",
     "FrameWindows",
     "Trajectories",
     "calibration_episodes",

@@ -1,6 +1,7 @@
-"""``quantwm data``: make a trajectory dataset, or show the summary of one.
+"""``quantwm data``: make a trajectory dataset, add training trajectories to one, or show one.
 
 quantwm data make --env wall|pusht [--seed S] [--out PATH] [--n-traj N] [--n-steps T]
+quantwm data extend --env wall|pusht --n-traj N --seed S [--path PATH]
 quantwm data show --env wall|pusht [--path PATH]
 """
 
@@ -23,6 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     make.add_argument("--n-traj", type=int, default=None, help="trajectories (default per env)")
     make.add_argument("--n-steps", type=int, default=None, help="steps per trajectory")
     make.add_argument("--quiet", action="store_true", help="no progress bar")
+    extend = sub.add_parser(
+        "extend", help="append training trajectories (the validation split stays as it is)"
+    )
+    extend.add_argument("--env", required=True, choices=ENV_NAMES)
+    extend.add_argument("--n-traj", type=int, required=True, help="trajectories to append")
+    extend.add_argument("--seed", type=int, required=True,
+                        help="a seed the dataset has not used yet")
+    extend.add_argument(
+        "--path", default=None, help="file, rewritten (default data/<env>/trajectories.npz)"
+    )
     show = sub.add_parser("show", help="print the summary of a trajectory file")
     show.add_argument("--env", required=True, choices=ENV_NAMES)
     show.add_argument("--path", default=None, help="file (default data/<env>/trajectories.npz)")
@@ -31,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from quantwm.data.trajectories import (
         DEFAULT_SEED,
+        extend_trajectories,
         format_summary,
         load_trajectories,
         make_trajectories,
@@ -50,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(summary))
         return 0
     trajs = load_trajectories(args.env, args.path)
+    if args.action == "extend":
+        trajs = extend_trajectories(trajs, args.n_traj, args.seed)
+        path = trajs.save(args.path)
+        print(f"appended {args.n_traj} training trajectories (seed {args.seed}) -> {path}")
     summary = summarize(trajs)
     summary["commit"] = trajs.meta.get("commit")
+    summary["extensions"] = trajs.meta.get("extensions")
     print(format_summary(summary))
     return 0

@@ -169,17 +169,9 @@ def make_trajectories(
     gen_seq, split_seq = np.random.SeedSequence(int(seed)).spawn(2)
     rng = np.random.default_rng(gen_seq)
     start = time.perf_counter()
-    if env_name == "wall":
-        from quantwm.data.wall_data import generate_wall
-
-        states, actions, params = generate_wall(n_traj, n_steps, rng)
-        generator = "quantwm.data.wall_data.generate_wall"
-    else:
-        from quantwm.data.pusht_data import generate_pusht
-
-        states, actions = generate_pusht(n_traj, n_steps, rng, progress=progress)
-        params = {}
-        generator = "quantwm.data.pusht_data.generate_pusht"
+    states, actions, params = _generate(env_name, n_traj, n_steps, rng, progress)
+    generator = {"wall": "quantwm.data.wall_data.generate_wall",
+                 "pusht": "quantwm.data.pusht_data.generate_pusht"}[env_name]
     seconds = time.perf_counter() - start
     n_val = min(n_traj - 1, max(1, round(val_fraction * n_traj)))
     split = np.full(n_traj, "train", dtype="U5")
@@ -194,6 +186,53 @@ def make_trajectories(
         "commit": git_commit(),
     }
     return Trajectories(env_name, _round32(states), _round32(actions), params, split, meta)
+
+
+#: trajectories per chunk of an extension: chunk k is drawn from ``SeedSequence([seed, k])``
+EXTEND_CHUNK = 2400
+
+
+def _generate(env_name: str, n_traj: int, n_steps: int, rng: np.random.Generator,
+              progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    if env_name == "wall":
+        from quantwm.data.wall_data import generate_wall
+
+        return generate_wall(n_traj, n_steps, rng)
+    from quantwm.data.pusht_data import generate_pusht
+
+    return (*generate_pusht(n_traj, n_steps, rng, progress=progress), {})
+
+
+def extend_trajectories(trajs: Trajectories, n_traj: int, seed: int) -> Trajectories:
+    """``trajs`` with ``n_traj`` more *training* trajectories appended, drawn like its own.
+
+    The validation split keeps its trajectories and their indices, so every evaluation episode
+    (``quantwm.data.evaluation_episodes``) is the same before and after: a model trained on the
+    extended data is compared with the old one on the same episodes. The new trajectories come
+    in chunks of ``EXTEND_CHUNK``, chunk k from ``SeedSequence([seed, k])``; ``seed`` must differ
+    from the dataset's own and from earlier extensions'. ``meta["extensions"]`` records each.
+    """
+    if isinstance(n_traj, bool) or not isinstance(n_traj, int | np.integer) or n_traj < 1:
+        raise ValueError(f"n_traj must be a positive integer, got {n_traj!r}")
+    extensions = list(trajs.meta.get("extensions", []))
+    used = [trajs.meta.get("seed")] + [e["seed"] for e in extensions]
+    if int(seed) in used:
+        raise ValueError(f"seed {seed} was already used for this dataset (seeds used: {used})")
+    start = time.perf_counter()
+    parts = []
+    for k, first in enumerate(range(0, int(n_traj), EXTEND_CHUNK)):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), k]))
+        parts.append(_generate(trajs.env_name, min(EXTEND_CHUNK, int(n_traj) - first),
+                               trajs.n_steps, rng))
+    states = np.concatenate([trajs.states, *(_round32(p[0]) for p in parts)])
+    actions = np.concatenate([trajs.actions, *(_round32(p[1]) for p in parts)])
+    params = {k: np.concatenate([v, *(p[2][k] for p in parts)]) for k, v in trajs.params.items()}
+    split = np.concatenate([trajs.split, np.full(int(n_traj), "train", dtype="U5")])
+    extensions.append({"seed": int(seed), "n_traj": int(n_traj), "chunk": EXTEND_CHUNK,
+                       "generation_seconds": round(time.perf_counter() - start, 2),
+                       "commit": git_commit()})
+    meta = {**trajs.meta, "extensions": extensions}
+    return Trajectories(trajs.env_name, states, actions, params, split, meta)
 
 
 def load_trajectories(env_name: str, path: str | Path | None = None) -> Trajectories:
