@@ -365,6 +365,8 @@ def test_stage2_with_latents_encoded_once_trains_the_model_of_encoding_every_bat
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
     meta = load(tmp_path / "m8.0.pt").meta
     assert meta["training"]["steps"] == 4 and meta["rollout_steps"] == 2
+    assert meta["dataset"] == {"trajectories": 12, "train": len(trajs.indices("train")),
+                               "seed": 2, "extensions": []}
 
 
 def test_resume_refuses_a_state_of_another_config(tmp_path):

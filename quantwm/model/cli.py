@@ -134,6 +134,12 @@ def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None
     return model
 
 
+def dataset_meta(trajs: Any) -> dict[str, Any]:
+    """What a checkpoint records of the trajectories it was trained on."""
+    return {"trajectories": trajs.n_traj, "train": len(trajs.indices("train")),
+            "seed": trajs.meta.get("seed"), "extensions": trajs.meta.get("extensions", [])}
+
+
 def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float | None,
                       steps: int | None = None, seed: int = 0, device: str = "cpu",
                       resume: bool = False, rollout_steps: int = 1,
@@ -198,7 +204,8 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     encoder_meta = copy.deepcopy(pretrained.meta)
     encoder_meta.get("training", {}).pop("history", None)
     save(model, out, stage="world_model", env=env, seed=seed, rollout_steps=rollout_steps,
-         training=summary, encoder=encoder_meta, standardization=standardization)
+         training=summary, encoder=encoder_meta, standardization=standardization,
+         dataset=dataset_meta(trajs))
     print(f"{env}: {summary['steps']} steps in {summary['minutes']} min, train "
           f"{summary['final']}, val {summary.get('val')} -> {out}")
     return model
