@@ -19,7 +19,8 @@ from quantwm.data import (
     make_trajectories,
     summarize,
 )
-from quantwm.data.pusht_data import block_moved
+from quantwm.data.pusht_data import block_moved, generate_pusht
+from quantwm.data.trajectories import EXTEND_CHUNK
 from quantwm.data.wall_data import crossed_wall, generate_wall
 from quantwm.envs.pusht import pusht_step, tee_corners
 from quantwm.envs.wall import wall_is_free, wall_step
@@ -167,11 +168,18 @@ def test_shipped_datasets_are_reproducible_from_their_seed() -> None:
     np.testing.assert_array_equal(fresh.states, wall.states)
     np.testing.assert_array_equal(fresh.split, wall.split)
     pusht = load_trajectories("pusht")
-    assert (pusht.n_traj, pusht.n_steps, pusht.meta["seed"]) == (4800, 80, 0)
-    # trajectories are generated one after another from one stream: a prefix regenerates
+    assert (pusht.n_traj, pusht.n_steps, pusht.meta["seed"]) == (9600, 80, 0)
+    # 4800 from seed 0, then `quantwm data extend --n-traj 4800 --seed 1` (training only).
+    # Trajectories are generated one after another from one stream: a prefix regenerates
     head = make_trajectories("pusht", 2, 80, seed=0)
     np.testing.assert_array_equal(head.states, pusht.states[:2])
-    assert default_path("pusht").stat().st_size < 12e6
+    assert pusht.meta["extensions"] == [{**pusht.meta["extensions"][0], "seed": 1, "n_traj": 4800}]
+    assert (pusht.split[4800:] == "train").all() and (pusht.split == "val").sum() == 480
+    rng = np.random.default_rng(np.random.SeedSequence([1, 1]))  # the extension's 2nd chunk
+    second = generate_pusht(2, 80, rng)[0]
+    np.testing.assert_array_equal(pusht.states[4800 + EXTEND_CHUNK:][:2],
+                                  second.astype(np.float32).astype(np.float64))
+    assert default_path("pusht").stat().st_size < 24e6
 
 
 # ---- frame windows -----------------------------------------------------------------------------
