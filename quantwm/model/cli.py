@@ -152,8 +152,8 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
 
     ``rollout_steps`` K > 1 trains on windows of num_hist + K frames with the K-step rollout
     loss added (``quantwm.model.train.dynamics_losses``). Every frame is encoded once up front
-    when its latents take at most ``latent_cache_gib`` GiB of CPU memory (0: never); the latents
-    then replace the frame cache, and each batch renders only the decoder's frames.
+    when its latents take at most ``latent_cache_gib`` GiB of CPU memory (0: never); frames are
+    not cached but rendered per batch (then only the decoder's).
     """
     if not isinstance(rollout_steps, int) or rollout_steps < 1:
         raise ValueError(f"rollout_steps must be an int >= 1, got {rollout_steps!r}")
@@ -182,14 +182,14 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     standardization = set_latent_standardization(model, frames)
     print(f"{env}: encoder output standardised: {standardization}")
     T = config.num_hist + rollout_steps
-    gib = trajs.n_traj * (trajs.n_steps + 1) * config.num_patches * config.enc_dim * 4 / 2**30
-    # latents that fit replace the frame cache: the frozen encoder runs once per frame, not once
-    # per batch, and only the decoder's few frames per batch are rendered
-    cache_frames = gib > latent_cache_gib
-    train_set, val_set = (frame_windows(env, trajs, split, T, config.frameskip, config.img_size,
-                                        cache=cache_frames) for split in ("train", "val"))
+    # no frame cache: a batch renders its frames (~1.5 ms per 32), and latents that fit are
+    # kept instead, so the frozen encoder runs once per frame, not once per batch
+    train_set, val_set = (frame_windows(env, trajs, split, T, config.frameskip, config.img_size)
+                          for split in ("train", "val"))
     model.set_normalization(**dataset_stats(train_set, n=2048, seed=seed))
-    if not cache_frames:
+    per_frame = (config.num_patches, config.enc_dim)
+    gib = sum(w.latent_bytes(per_frame) for w in (train_set, val_set)) / 2**30
+    if gib <= latent_cache_gib:
         freeze_encoder(model)
         encoder = model.encoder.to(device)
         train_set, val_set = (w.encoded(lambda images: encoder(images.to(device)))

@@ -119,12 +119,13 @@ class EnvFrames:
 
 
 def frame_windows(env_name: str, trajs: Any, split: str, num_frames: int, frameskip: int,
-                  img_size: int, cache: bool = True) -> Any:
-    """``quantwm.data.FrameWindows`` of ``num_frames`` frames (stage-2 data)."""
+                  img_size: int) -> Any:
+    """``quantwm.data.FrameWindows`` of ``num_frames`` frames (stage-2 data), without the frame
+    cache: stage 2 keeps the encoder's latents instead (``FrameWindows.encoded``)."""
     from quantwm.data import FrameWindows
 
     return FrameWindows(trajs, split, num_frames, frameskip=frameskip, img_size=img_size,
-                        cache=cache)
+                        cache=False)
 
 
 def trajectory_frames(env_name: str, trajs: Any, split: str, n: int, frameskip: int,
