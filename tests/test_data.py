@@ -169,7 +169,8 @@ def test_shipped_datasets_are_reproducible_from_their_seed() -> None:
     np.testing.assert_array_equal(fresh.split, wall.split)
     pusht = load_trajectories("pusht")
     assert (pusht.n_traj, pusht.n_steps, pusht.meta["seed"]) == (9600, 80, 0)
-    # 4800 from seed 0, then `quantwm data extend --n-traj 4800 --seed 1` (training only).
+    # 4800 from seed 0 (the file), then data/pusht/extensions.json: 4800 more of seed 1
+    # (training only, generated on first use).
     # Trajectories are generated one after another from one stream: a prefix regenerates
     head = make_trajectories("pusht", 2, 80, seed=0)
     np.testing.assert_array_equal(head.states, pusht.states[:2])
@@ -179,7 +180,35 @@ def test_shipped_datasets_are_reproducible_from_their_seed() -> None:
     second = generate_pusht(2, 80, rng)[0]
     np.testing.assert_array_equal(pusht.states[4800 + EXTEND_CHUNK:][:2],
                                   second.astype(np.float32).astype(np.float64))
-    assert default_path("pusht").stat().st_size < 24e6
+    assert default_path("pusht").stat().st_size < 12e6  # the extension is generated, not shipped
+
+
+def test_shipped_extensions_are_generated_once_and_checked(tmp_path, monkeypatch) -> None:
+    import json
+
+    import quantwm.data.trajectories as trajectories
+
+    monkeypatch.setattr(trajectories, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(trajectories, "EXTEND_CHUNK", 4)
+    base = make_trajectories("wall", 8, 10, seed=0)
+    base.save()
+    assert load_trajectories("wall").n_traj == 8  # no extensions.json: the file as it is
+    grown = extend_trajectories(base, 6, seed=3)
+    spec = [{"seed": 3, "n_traj": 6, "sha1": trajectories.extension_digest(grown, 8)}]
+    (tmp_path / "wall" / "extensions.json").write_text(json.dumps(spec))
+    first = load_trajectories("wall")
+    np.testing.assert_array_equal(first.states, grown.states)
+    assert len(list((tmp_path / "cache").glob("wall-trajectories-*.npz"))) == 1
+    monkeypatch.setattr(trajectories, "extend_trajectories", None)  # a second load reads the cache
+    np.testing.assert_array_equal(load_trajectories("wall").states, grown.states)
+    assert load_trajectories("wall", default_path("wall")).n_traj == 8  # an explicit path: as is
+    monkeypatch.undo()
+    monkeypatch.setattr(trajectories, "DATA_DIR", tmp_path / "other")
+    base.save()
+    spec[0]["sha1"] = "0" * 40
+    (tmp_path / "other" / "wall" / "extensions.json").write_text(json.dumps(spec))
+    with pytest.warns(UserWarning, match="extension of seed 3 generated here differs"):
+        load_trajectories("wall")
 
 
 # ---- frame windows -----------------------------------------------------------------------------

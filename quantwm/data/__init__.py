@@ -2,7 +2,8 @@
 
 - ``make_trajectories(env_name, n_traj, n_steps, seed) -> Trajectories``; ``Trajectories.save``
   / ``Trajectories.load`` (compressed npz, ``data/<env>/trajectories.npz``);
-  ``load_trajectories(env_name)`` reads the shipped file; ``extend_trajectories(trajs, n, seed)``
+  ``load_trajectories(env_name)`` reads the shipped dataset (the file plus the extensions
+  ``data/<env>/extensions.json`` lists); ``extend_trajectories(trajs, n, seed)``
   appends training trajectories and leaves the validation split (and its episodes) as it was.
 - ``FrameWindows(trajs, split, num_frames, frameskip=5, img_size=64)``: a torch Dataset of
   rendered frame windows (imported lazily: it needs torch).

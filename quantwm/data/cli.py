@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from quantwm.data.trajectories import (
         DEFAULT_SEED,
+        default_path,
         extend_trajectories,
         format_summary,
         load_trajectories,
@@ -61,11 +62,13 @@ def run(args: argparse.Namespace) -> int:
         summary["total_seconds"] = round(time.perf_counter() - start, 1)
         print(format_summary(summary))
         return 0
-    trajs = load_trajectories(args.env, args.path)
-    if args.action == "extend":
-        trajs = extend_trajectories(trajs, args.n_traj, args.seed)
-        path = trajs.save(args.path)
+    if args.action == "extend":  # the file itself, not the shipped extensions of its default
+        path = args.path if args.path is not None else default_path(args.env)
+        trajs = extend_trajectories(load_trajectories(args.env, path), args.n_traj, args.seed)
+        path = trajs.save(path)
         print(f"appended {args.n_traj} training trajectories (seed {args.seed}) -> {path}")
+    else:
+        trajs = load_trajectories(args.env, args.path)
     summary = summarize(trajs)
     summary["commit"] = trajs.meta.get("commit")
     summary["extensions"] = trajs.meta.get("extensions")

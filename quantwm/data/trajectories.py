@@ -13,8 +13,11 @@ train/validation split, so the same seed always gives the same file.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,8 @@ from quantwm.utils import DATA_DIR, atomic_path, check_env_name, git_commit
 #: default dataset sizes (trajectories, steps): Wall twice PROTOCOL section 4's 1920 x 50 (more
 #: wall and door layouts: the predictor's pushes into the wall beside the door improved with
 #: them); PushT 4800 x 80 (on 1200 trajectories the predictor overfitted). The shipped PushT
-#: file adds 4800 training trajectories to these (``quantwm data extend --n-traj 4800 --seed
-#: 1``): the predictor still generalised better with them (docs/world_models.md)
+#: dataset adds 4800 training trajectories to these (``data/pusht/extensions.json``, generated
+#: on first use): the predictor still generalised better with them (docs/world_models.md)
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {"wall": (3840, 50), "pusht": (4800, 80)}
 DEFAULT_SEED = 0
 VAL_FRACTION = 0.1
@@ -235,12 +238,53 @@ def extend_trajectories(trajs: Trajectories, n_traj: int, seed: int) -> Trajecto
     return Trajectories(trajs.env_name, states, actions, params, split, meta)
 
 
+def extension_digest(trajs: Trajectories, first: int) -> str:
+    """SHA-1 of the float32 states and actions of trajectories ``first:`` (an extension's)."""
+    h = hashlib.sha1()
+    for a in (trajs.states[first:], trajs.actions[first:]):
+        h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _with_shipped_extensions(env_name: str, base: Trajectories) -> Trajectories:
+    """``base`` plus the extensions listed in ``data/<env>/extensions.json`` that it lacks.
+
+    They are generated on first use (~90 s per 4800 PushT trajectories, on one core) and kept
+    in ``data/cache/``: what can be generated is not committed. Each listed ``sha1``
+    (``extension_digest``) is checked, so a platform whose physics rounds differently says so.
+    """
+    spec_path = default_path(env_name).with_name("extensions.json")
+    if not spec_path.exists():
+        return base
+    used = {base.meta.get("seed")} | {e["seed"] for e in base.meta.get("extensions", [])}
+    todo = [e for e in json.loads(spec_path.read_text()) if e["seed"] not in used]
+    if not todo:
+        return base
+    key = hashlib.sha1(json.dumps([base.meta, todo], sort_keys=True).encode()).hexdigest()[:10]
+    cache = DATA_DIR / "cache" / f"{env_name}-trajectories-{key}.npz"
+    if cache.exists():
+        return Trajectories.load(cache)
+    print(f"{env_name}: generating the shipped dataset's extensions once -> {cache}",
+          file=sys.stderr)
+    traj = base
+    for e in todo:
+        first = traj.n_traj
+        traj = extend_trajectories(traj, e["n_traj"], e["seed"])
+        if e.get("sha1") and extension_digest(traj, first) != e["sha1"]:
+            warnings.warn(f"{env_name}: the extension of seed {e['seed']} generated here differs "
+                          f"from the one the shipped model was trained on ({spec_path})",
+                          stacklevel=3)
+    traj.save(cache)
+    return traj
+
+
 def load_trajectories(env_name: str, path: str | Path | None = None) -> Trajectories:
-    """The dataset at ``path`` (default: the shipped ``data/<env>/trajectories.npz``)."""
+    """The dataset at ``path``; by default the shipped one: ``data/<env>/trajectories.npz`` plus
+    the training trajectories ``data/<env>/extensions.json`` lists (generated on first use)."""
     traj = Trajectories.load(path if path is not None else default_path(env_name))
     if traj.env_name != check_env_name(env_name):
         raise ValueError(f"{path} holds {traj.env_name} trajectories, not {env_name}")
-    return traj
+    return traj if path is not None else _with_shipped_extensions(env_name, traj)
 
 
 def summarize(traj: Trajectories) -> dict[str, Any]:
