@@ -124,7 +124,7 @@ def test_extending_a_dataset_keeps_its_validation_split_and_episodes(small: dict
 
     monkeypatch.setattr(trajectories, "EXTEND_CHUNK", 4)  # two chunks of 4, one of 2
     base = small[name]
-    grown = extend_trajectories(base, 10, seed=5)
+    grown = extend_trajectories(base, 10, seed=5, workers=2)  # chunks in two processes
     assert grown.n_traj == base.n_traj + 10 and (grown.split[base.n_traj:] == "train").all()
     np.testing.assert_array_equal(grown.states[: base.n_traj], base.states)
     np.testing.assert_array_equal(grown.indices("val"), base.indices("val"))
@@ -139,7 +139,9 @@ def test_extending_a_dataset_keeps_its_validation_split_and_episodes(small: dict
     first = trajectories._generate(name, 4, base.n_steps, rng)[0]
     np.testing.assert_array_equal(grown.states[base.n_traj: base.n_traj + 4],
                                   trajectories._round32(first))
-    np.testing.assert_array_equal(extend_trajectories(base, 10, seed=5).states, grown.states)
+    alone = extend_trajectories(base, 10, seed=5, workers=1)  # the data do not depend on workers
+    np.testing.assert_array_equal(alone.states, grown.states)
+    np.testing.assert_array_equal(alone.actions, grown.actions)
     assert grown.meta["extensions"][0]["seed"] == 5
     with pytest.raises(ValueError, match="seed 5 was already used"):
         extend_trajectories(grown, 2, seed=5)
@@ -147,6 +149,8 @@ def test_extending_a_dataset_keeps_its_validation_split_and_episodes(small: dict
         extend_trajectories(base, 2, seed=3)
     with pytest.raises(ValueError, match="n_traj must be a positive integer, got 0"):
         extend_trajectories(base, 0, seed=6)
+    with pytest.raises(ValueError, match="workers must be a positive integer or None, got 0"):
+        extend_trajectories(base, 2, seed=6, workers=0)
 
 
 def test_bad_dataset_requests() -> None:

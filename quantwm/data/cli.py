@@ -1,7 +1,7 @@
 """``quantwm data``: make a trajectory dataset, add training trajectories to one, or show one.
 
 quantwm data make --env wall|pusht [--seed S] [--out PATH] [--n-traj N] [--n-steps T]
-quantwm data extend --env wall|pusht --n-traj N --seed S [--path PATH]
+quantwm data extend --env wall|pusht --n-traj N --seed S [--path PATH] [--workers W]
 quantwm data show --env wall|pusht [--path PATH]
 """
 
@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     extend.add_argument(
         "--path", default=None, help="file, rewritten (default data/<env>/trajectories.npz)"
     )
+    extend.add_argument("--workers", type=int, default=None,
+                        help="processes generating chunks (default: every CPU; same data)")
     show = sub.add_parser("show", help="print the summary of a trajectory file")
     show.add_argument("--env", required=True, choices=ENV_NAMES)
     show.add_argument("--path", default=None, help="file (default data/<env>/trajectories.npz)")
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "extend":  # the file itself, not the shipped extensions of its default
         path = args.path if args.path is not None else default_path(args.env)
-        trajs = extend_trajectories(load_trajectories(args.env, path), args.n_traj, args.seed)
+        trajs = extend_trajectories(load_trajectories(args.env, path), args.n_traj, args.seed,
+                                    workers=args.workers)
         path = trajs.save(path)
         print(f"appended {args.n_traj} training trajectories (seed {args.seed}) -> {path}")
     else:
