@@ -172,18 +172,19 @@ def test_shipped_datasets_are_reproducible_from_their_seed() -> None:
     np.testing.assert_array_equal(fresh.states, wall.states)
     np.testing.assert_array_equal(fresh.split, wall.split)
     pusht = load_trajectories("pusht")
-    assert (pusht.n_traj, pusht.n_steps, pusht.meta["seed"]) == (9600, 80, 0)
-    # 4800 from seed 0 (the file), then data/pusht/extensions.json: 4800 more of seed 1
-    # (training only, generated on first use).
+    assert (pusht.n_traj, pusht.n_steps, pusht.meta["seed"]) == (19200, 80, 0)
+    # 4800 from seed 0 (the file), then data/pusht/extensions.json: 4800 more of seed 1 and
+    # 9600 of seed 2 (training only, generated on first use).
     # Trajectories are generated one after another from one stream: a prefix regenerates
     head = make_trajectories("pusht", 2, 80, seed=0)
     np.testing.assert_array_equal(head.states, pusht.states[:2])
-    assert pusht.meta["extensions"] == [{**pusht.meta["extensions"][0], "seed": 1, "n_traj": 4800}]
+    assert [(e["seed"], e["n_traj"]) for e in pusht.meta["extensions"]] == [(1, 4800), (2, 9600)]
     assert (pusht.split[4800:] == "train").all() and (pusht.split == "val").sum() == 480
-    rng = np.random.default_rng(np.random.SeedSequence([1, 1]))  # the extension's 2nd chunk
-    second = generate_pusht(2, 80, rng)[0]
-    np.testing.assert_array_equal(pusht.states[4800 + EXTEND_CHUNK:][:2],
-                                  second.astype(np.float32).astype(np.float64))
+    for seed, first in ((1, 4800), (2, 9600)):  # each extension's 2nd chunk
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+        second = generate_pusht(2, 80, rng)[0]
+        np.testing.assert_array_equal(pusht.states[first + EXTEND_CHUNK:][:2],
+                                      second.astype(np.float32).astype(np.float64))
     assert default_path("pusht").stat().st_size < 12e6  # the extension is generated, not shipped
 
 
