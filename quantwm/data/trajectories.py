@@ -32,8 +32,8 @@ from quantwm.utils import DATA_DIR, atomic_path, check_env_name, git_commit
 #: default dataset sizes (trajectories, steps): Wall twice PROTOCOL section 4's 1920 x 50 (more
 #: wall and door layouts: the predictor's pushes into the wall beside the door improved with
 #: them); PushT 4800 x 80 (on 1200 trajectories the predictor overfitted). The shipped PushT
-#: dataset adds 4800 training trajectories to these (``data/pusht/extensions.json``, generated
-#: on first use): the predictor still generalised better with them (docs/world_models.md)
+#: dataset adds 14400 training trajectories to these (``data/pusht/extensions.json``, generated
+#: on first use): the predictor planned better with them (docs/world_models.md)
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {"wall": (3840, 50), "pusht": (4800, 80)}
 DEFAULT_SEED = 0
 VAL_FRACTION = 0.1

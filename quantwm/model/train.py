@@ -66,8 +66,8 @@ off by default. Optionally (``--rollout-steps K`` > 1, not in the reference) win
 K - 1 more frames and the loss adds the error of the K-step open-loop ``rollout`` from the
 first ``num_hist`` frames: the error the planner's 5-step rollouts actually accumulate, which
 teacher forcing never sees. Both shipped models train with K = 5: Wall's then planned 0.96 /
-0.92 @5 instead of 0.84 / 0.82 (50 episodes, seeds 0 / 1), PushT's (the model before the
-current one, on half its data) 0.65 @0 / 0.78 @5 where
+0.92 @5 instead of 0.84 / 0.82 (50 episodes, seeds 0 / 1), PushT's (an earlier model, on a
+quarter of the current one's data) 0.65 @0 / 0.78 @5 where
 teacher-forced models with one or three history frames planned 0.54 / 0.76 (300 episodes;
 paired McNemar p = 0.001 / 0.39 against the three-frame one; docs/world_models.md). With one
 history frame the teacher-forced prediction of frame 1 is the rollout's first step and is
@@ -78,8 +78,8 @@ paired episodes; twice the data did, docs/world_models.md.)
 Since the encoder is frozen, ``quantwm train`` encodes every training frame once up front
 (``FrameWindows.encoded``, when the latents fit in ``--latent-cache-gib``): the same latents
 up to float rounding, without the encoder's forward pass on every step (about a quarter of a
-PushT step on 2 cores), and they replace the frame cache (PushT's 9600 trajectories: 5.9 GiB
-of latents; their frames would add 8.9 GiB).
+PushT step on 2 cores), and they replace the frame cache (PushT's 19200 trajectories: 11.9
+GiB of latents; their frames would add 17.8 GiB).
 
 Both stages run to a time budget (``minutes``) and/or a step budget (``max_steps``), draw
 their batches from ``numpy.random.default_rng([seed, step])`` (so a resumed run sees the same
