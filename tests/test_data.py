@@ -323,7 +323,7 @@ def test_pusht_goals_lie_25_steps_ahead_on_the_right_split() -> None:
         (calibration_episodes("pusht", n=20), "train"),
     ):
         for i, ep in enumerate(eps.ids):
-            traj, t0 = int(ep.split("/traj")[1][:4]), int(ep.split("/t")[-1])
+            traj, t0 = int(ep.split("/traj")[1].split("/")[0]), int(ep.split("/t")[-1])
             assert trajs.split[traj] == split
             np.testing.assert_array_equal(eps.start_states[i], trajs.states[traj, t0])
             np.testing.assert_array_equal(eps.goal_states[i], trajs.states[traj, t0 + 25])
