@@ -277,8 +277,8 @@ def _with_shipped_extensions(env_name: str, base: Trajectories) -> Trajectories:
 
     They are generated on first use (~45 s per chunk of 2400 PushT trajectories on one core,
     chunks in parallel on every CPU) and kept in ``data/cache/``: what can be generated is not
-    committed. Each listed ``sha1``
-    (``extension_digest``) is checked, so a platform whose physics rounds differently says so.
+    committed. Each listed ``sha1`` (``extension_digest``) is checked, so a platform whose
+    physics rounds differently says so.
     """
     spec_path = default_path(env_name).with_name("extensions.json")
     if not spec_path.exists():
