@@ -12,7 +12,7 @@ normalises, see ``stats()``).
 
 Frames are rendered from states. With ``cache=True`` (the default) every frame of the split's
 trajectories is rendered once, vectorised, into one channel-first uint8 array
-(N x (T+1) x 3 x H x W bytes at 64 px: ~2.2 GB for Wall's training split, ~9 GB for
+(N x (T+1) x 3 x H x W bytes at 64 px: ~2.2 GB for Wall's training split, ~19 GB for
 PushT's, built in minutes on 2 cores): items are then slices of it.
 With ``cache=False`` each item renders its frames on demand (slower per item, no memory).
 ``batch(indices)`` assembles many items at once without per-item Python overhead.
