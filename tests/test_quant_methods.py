@@ -23,6 +23,7 @@ from quantwm.quant import (
     quantize,
     smoothquant,
 )
+from quantwm.quant.blocks import capture_block_calls
 from quantwm.quant.config import METHODS
 from quantwm.quant.context import PartContext
 from quantwm.quant.omse import search_clip_mse
@@ -298,3 +299,98 @@ def test_label():
                       act_granularity="per_token")
     assert cfg.label() == "OmniQuant(ref) E:W32A32 P:W4A8 G128 per-token"
     assert QuantConfig("awq", predictor=(4, 16)).label() == "AWQ E:W32A32 P:W4A32 G-"
+
+
+# ------------------------------------------------- OmniQuant trains the quantizer that ships
+OMNI_SETTINGS = [
+    pytest.param((4, 16), 4, "per_tensor", id="W4A16-G4"),
+    pytest.param((4, 8), None, "per_tensor", id="W4A8-per-tensor"),
+    pytest.param((4, 4), None, "per_tensor", id="W4A4-per-tensor"),
+    pytest.param((4, 8), None, "per_token", id="W4A8-per-token"),
+    pytest.param((4, 4), None, "per_token", id="W4A4-per-token"),
+]
+
+
+def _block_errors(q: nn.Module, model: nn.Module, cfg: QuantConfig, calib: dict) -> list[float]:
+    """Per predictor block: MSE of the deployed quantized block against the float block, each
+    on the inputs it receives in its own model, over the rows OmniQuant trains on."""
+    rows = _ctx(model.predictor, calib, cfg).search_inputs()  # the same seeded draw
+    errors = []
+    for name, fb in find_blocks(model.predictor):
+        qb = q.predictor.get_submodule(name)
+        q_calls = capture_block_calls(q.predictor, qb, rows)
+        f_calls = capture_block_calls(model.predictor, fb, rows)
+        with torch.no_grad():
+            errors.append(sum(float(torch.nn.functional.mse_loss(qc.run(qb), fc.run(fb)))
+                              for qc, fc in zip(q_calls, f_calls, strict=True)) / len(rows))
+    return errors
+
+
+@pytest.mark.parametrize("bits,group,gran", OMNI_SETTINGS)
+def test_omniquant_training_loss_is_the_deployed_loss(model, calib, bits, group, gran):
+    """The first block's best training loss is the deployed block's error on the same rows:
+    training quantizes activations with the static ranges (or per-token ranges) that ship."""
+    cfg = QuantConfig("omniquant", predictor=bits, w_group_size=group, act_granularity=gran,
+                      epochs=3, search_rows=12, batch_size=4)
+    q = quantize(model, cfg, calib)
+    history = q.quant_report.parts["predictor"].info["block_loss"]["blocks.0"]
+    rows = _ctx(model.predictor, calib, cfg).search_inputs()
+    name, fb = find_blocks(model.predictor)[0]
+    qb = q.predictor.get_submodule(name)
+    calls = capture_block_calls(q.predictor, qb, rows)  # block 0 sees float inputs
+    with torch.no_grad():
+        deployed = sum(float(torch.nn.functional.mse_loss(c.run(qb), c.run(fb)))
+                       for c in calls) / len(calls)
+    assert deployed == pytest.approx(min(history), rel=1e-4, abs=1e-9)
+
+
+@pytest.mark.parametrize("bits,group,gran", OMNI_SETTINGS)
+def test_omniquant_epochs_never_worse_than_none(model, calib, bits, group, gran):
+    """With epochs > 0 the deployed block-output error never exceeds the 0-epoch model's."""
+    base = QuantConfig("omniquant", predictor=bits, w_group_size=group, act_granularity=gran,
+                       search_rows=12, batch_size=4, lr_lwc=5e-2)
+    untrained = _block_errors(quantize(model, base.replace(epochs=0), calib), model, base, calib)
+    trained = _block_errors(quantize(model, base.replace(epochs=4), calib), model, base, calib)
+    assert trained[0] <= untrained[0] * (1 + 1e-5) + 1e-12
+    assert sum(trained) <= sum(untrained) * (1 + 1e-5) + 1e-12
+
+
+def test_awq_ref_clips_qk_rows_as_the_reference_did(model, calib):
+    """AWQ as designed leaves q and k rows unclipped; the reference's run clipped them."""
+    cfg = QuantConfig("awq", predictor=(3, 16), search_rows=12, batch_size=4)
+    ctx = _ctx(copy.deepcopy(model.predictor), calib, cfg)
+    block = ctx.blocks[0][1]
+    calls = capture_block_calls(ctx.part, block, ctx.search_inputs())
+    qk = 2 * block.attn.qkv.out_features // 3
+    designed = awq.clip_block(block, calls, ctx)["attn.qkv"]
+    ref = awq.clip_block(block, calls, ctx, skip_qk=False)["attn.qkv"]
+    assert (designed[:qk] == 1.0).all()
+    assert (ref[:qk] < 1.0).any()
+    torch.testing.assert_close(designed[qk:], ref[qk:])
+
+
+def test_per_token_rtn_and_omse_need_no_calibration(model):
+    for method in ("rtn", "omse"):
+        q = quantize(model, QuantConfig(method, predictor=(4, 4), act_granularity="per_token"))
+        assert sum(isinstance(m, QuantLinear) for m in q.predictor.modules()) == 8
+        with pytest.raises(ValueError, match="calibration"):
+            quantize(model, QuantConfig(method, predictor=(4, 4)))
+
+
+def test_statistics_rows_are_drawn_once_per_part(model, calib):
+    cfg = QuantConfig("smoothquant", predictor=(8, 8), calib_rows=5)
+    ctx = _ctx(copy.deepcopy(model.predictor), calib, cfg)
+    first, again = ctx.stat_inputs(), ctx.stat_inputs()
+    assert len(first) == len(again) and all(a is b for a, b in zip(first, again, strict=True))
+    # so SmoothQuant's scales and the static ranges come from the same rows: same model twice
+    a, b = quantize(model, cfg, calib), quantize(model, cfg, calib)
+    torch.testing.assert_close(_out(a, calib), _out(b, calib))
+
+
+def test_numpy_integer_bits_are_accepted():
+    import numpy as np
+
+    cfg = QuantConfig("rtn", predictor=(np.int64(4), np.int32(8)), w_group_size=np.int64(32))
+    assert cfg.predictor == Bits(4, 8) and type(cfg.predictor.w) is int
+    with pytest.raises(ValueError, match="w_bits"):
+        QuantConfig("rtn", predictor=(np.float64(4.0), 8))

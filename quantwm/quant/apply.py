@@ -11,7 +11,8 @@ For each part (``config.parts``: role -> submodule path) whose bits are not all 
 
 ``calibration = {"encoder": [x, ...], "predictor": [x, ...]}``: for each role, the tensors the
 part received in recorded FP32 forwards (each called as ``part(x)``; shapes may differ beyond
-dim 0). RTN and OMSE weight-only need none; every other setting needs the quantized parts'.
+dim 0). RTN and OMSE need none unless they quantize activations with static per-tensor ranges
+(dynamic per-token ranges come from each token at run time); every other method needs them.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def _calibration_for(
     role: str, config: QuantConfig, calibration: Mapping[str, Sequence[torch.Tensor]] | None
 ) -> list[torch.Tensor]:
     inputs = list((calibration or {}).get(role, []))
-    needs = config.method not in DATA_FREE_METHODS or config.bits(role).a < 16
+    static_acts = config.bits(role).a < 16 and config.act_granularity == "per_tensor"
+    needs = config.method not in DATA_FREE_METHODS or static_acts
     if needs and not inputs:
         raise ValueError(
             f"method {config.method!r} with {role} {config.bits(role).label()} needs calibration "

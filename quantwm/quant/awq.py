@@ -23,6 +23,8 @@ arguments).
 ``awq_ref`` is the variant the study's reference code ran: scales searched only for the group
 before fc1, and the final weights quantized with the (scale, zero point) computed from the
 weights *before* AWQ changed them (the clipping is applied as a clamp of the float weights).
+It also clips the q and k rows: the reference skips q/k Linears by name, and its list of names
+matches no fused ``qkv`` Linear, so every row of one was clipped there.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def _run(ctx: PartContext, ref: bool) -> MethodResult:
             r, s = search_scale(block, group, calls, targets, ctx)
             fold_into_norm(block.get_submodule(norm), _linears(block, group), s)
             result.info["scale_exponent"][join(b, norm)] = r
-        for path, ratio in clip_block(block, calls, ctx).items():
+        for path, ratio in clip_block(block, calls, ctx, skip_qk=not ref).items():
             name = join(b, path)
             result.info["mean_clip_ratio"][name] = float(ratio.mean())
             if ref:
@@ -147,9 +149,10 @@ def _fq_weight(w: torch.Tensor, ctx: PartContext) -> torch.Tensor:
 
 @torch.no_grad()
 def clip_block(
-    block: nn.Module, calls: list[BlockCall], ctx: PartContext
+    block: nn.Module, calls: list[BlockCall], ctx: PartContext, skip_qk: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Searched clip ratio (qparams shape) of every quantized Linear of one block."""
+    """Searched clip ratio (qparams shape) of every quantized Linear of one block; with
+    ``skip_qk`` the q and k rows of a fused QKV Linear keep ratio 1 (not clipped)."""
     lins = {p: block.get_submodule(p) for p in ctx.layout.linears}
     with record_inputs(lins) as rec:
         for c in calls:
@@ -159,7 +162,7 @@ def clip_block(
         x = torch.cat(rec[path])
         x = x[:: max(1, x.shape[0] // CLIP_TOKENS)][:CLIP_TOKENS]
         ratio = search_clip_output(lin.weight.detach(), x, ctx)
-        if path in ctx.layout.fused_qkv:
+        if skip_qk and path in ctx.layout.fused_qkv:
             ratio[: 2 * lin.out_features // 3] = 1.0
         ratios[path] = ratio
     return ratios

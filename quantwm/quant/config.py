@@ -103,6 +103,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for role in ROLES:
             object.__setattr__(self, role, _bits(getattr(self, role), role))
+        object.__setattr__(self, "w_group_size", check_group_size(self.w_group_size))
         self.validate()
 
     def __hash__(self) -> int:  # usable as a dict key although ``parts`` is a dict

@@ -49,6 +49,7 @@ class PartContext:
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        self._stat_inputs: list[torch.Tensor] | None = None
 
     @property
     def w_bits(self) -> int:
@@ -79,11 +80,16 @@ class PartContext:
         return [join(b, p) for b, _ in self.blocks for p in self.layout.linears]
 
     def stat_inputs(self) -> list[torch.Tensor]:
-        """The calibration inputs for activation statistics (``calib_rows`` rows, or all)."""
-        cfg = self.config
-        if cfg.calib_rows is None:
-            return list(self.inputs)
-        return sample_rows(self.inputs, cfg.calib_rows, 1 << 30, self.generator)
+        """The calibration inputs for activation statistics (``calib_rows`` rows, or all).
+
+        Drawn once per part: every statistic of the part (SmoothQuant's scales, OmniQuant's
+        training ranges, the static ranges that ship) comes from the same rows.
+        """
+        if self._stat_inputs is None:
+            cfg = self.config
+            self._stat_inputs = (list(self.inputs) if cfg.calib_rows is None else
+                                 sample_rows(self.inputs, cfg.calib_rows, 1 << 30, self.generator))
+        return self._stat_inputs
 
     def search_inputs(self) -> list[torch.Tensor]:
         """``search_rows`` calibration rows in batches of ``batch_size`` (AWQ, OmniQuant)."""

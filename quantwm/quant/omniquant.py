@@ -17,10 +17,20 @@ over the block's quantization parameters, with the rounding passed straight thro
   By default LET is used only where activations are quantized (``omni_let=None``), as in
   OmniQuant's own recipes (weight-only runs use LWC alone).
 
-During training activations are fake-quantized dynamically (per token, or per tensor over the
-batch as a stand-in for the static range, which is calibrated after the transform). After the
-last block, LET is folded into the LayerNorms and Linears (float output unchanged) and each
-weight gets the qparams of its learned clipping.
+During training activations are fake-quantized exactly as the shipped model will quantize
+them: per token dynamically, or per tensor with the **static range the deployed model gets**,
+i.e. the min/max of the Linear's input over the part's statistics rows
+(:meth:`PartContext.stat_inputs`) run through the float part with the current LET. Those ranges
+are exact functions of the LET parameters: a LET-fed input is ``(LN(x) - d) / s`` per channel,
+so its range is the extreme of ``(ch_min - d) / s`` and ``(ch_max - d) / s`` over channels, from
+per-channel statistics of the float part taken once; the inputs of proj and fc2 do not depend on
+the block's LET (it preserves the float output). The loss therefore measures the quantizer that
+ships, and the gradient reaches the range through ``s`` and ``d``.
+
+Each block keeps the parameters of its best epoch (epoch 0 = the initial values included), so
+training never leaves a block worse on the calibration rows than the 0-epoch version.
+After the last block, LET is folded into the LayerNorms and Linears (float output unchanged)
+and each weight gets the qparams of its learned clipping.
 
 ``omniquant_ref`` is the run of the study's reference code: 0 epochs, i.e. the initial values
 (LWC at 0.982 of min-max and, with LET, the SmoothQuant init).
@@ -45,6 +55,7 @@ from quantwm.quant.blocks import (
     set_submodule,
 )
 from quantwm.quant.context import MethodResult, PartContext, WeightPlan
+from quantwm.quant.observers import ActObserver, collect_input_stats
 from quantwm.quant.primitives import (
     QParams,
     choose_qparams,
@@ -83,11 +94,15 @@ class LetNorm(nn.Module):
 
 
 class TrainLinear(nn.Module):
-    """A Linear under training: LET-compensated weight, LWC fake-quant, dynamic act fake-quant."""
+    """A Linear under training: LET-compensated weight, LWC fake-quant, and its input
+    fake-quantized as the deployed model will (per token, or static per tensor: ``stats`` are
+    the float part's statistics of this input, before the block's LET)."""
 
-    def __init__(self, linear: nn.Linear, ctx: PartContext, let: Let | None):
+    def __init__(self, linear: nn.Linear, ctx: PartContext, let: Let | None,
+                 stats: ActObserver | None = None, let_fed: bool = False):
         super().__init__()
         self.linear, self.let, self.ctx = linear, let, ctx
+        self.stats, self.let_fed = stats, let_fed
         self.lwc_hi: nn.Parameter | None = None
         self.lwc_lo: nn.Parameter | None = None
         if ctx.quantize_weights:
@@ -109,8 +124,24 @@ class TrainLinear(nn.Module):
             qp = lwc_qparams(w, self.lwc_hi, self.lwc_lo, self.ctx)
             w = dequantize(quantize(w, qp, ste=True), qp)
         if self.ctx.quantize_acts:
-            x = _act_fake_quant(x, self.ctx)
+            qp = self.act_qparams(x)
+            x = dequantize(quantize(x, qp, ste=True), qp)
         return F.linear(x, w, b)
+
+    def act_qparams(self, x: torch.Tensor) -> QParams:
+        """The input's qparams: per token from ``x``, or the static range the deployed model
+        will have (a function of the current LET for a LET-fed input)."""
+        cfg = self.ctx.config
+        if cfg.act_granularity == "per_token":
+            return choose_qparams(x.detach(), self.ctx.a_bits, "per_token", None, cfg.a_symmetric)
+        if self.stats is None:
+            raise RuntimeError("static per-tensor activations need the input's statistics")
+        lo, hi = self.stats.min, self.stats.max
+        if self.let_fed and self.let is not None:
+            s, d = self.let.s(), self.let.shift
+            ends = torch.stack([(self.stats.ch_min - d) / s, (self.stats.ch_max - d) / s])
+            lo, hi = ends.min(), ends.max()
+        return qparams_from_minmax(lo, hi, self.ctx.a_bits, cfg.a_symmetric, "per_tensor")
 
 
 def lwc_qparams(
@@ -122,13 +153,6 @@ def lwc_qparams(
         lo * torch.sigmoid(lo_factor), hi * torch.sigmoid(hi_factor), ctx.w_bits,
         ctx.config.w_symmetric, ctx.w_granularity, ctx.group_size,
     )
-
-
-def _act_fake_quant(x: torch.Tensor, ctx: PartContext) -> torch.Tensor:
-    qp = choose_qparams(
-        x.detach(), ctx.a_bits, ctx.config.act_granularity, None, ctx.config.a_symmetric
-    )
-    return dequantize(quantize(x, qp, ste=True), qp)
 
 
 @dataclass
@@ -162,6 +186,12 @@ def _run(ctx: PartContext, epochs: int) -> MethodResult:
     float_part = copy.deepcopy(ctx.part)
     float_blocks = [m for _, m in find_blocks(float_part, ctx.layout)]
     samples = ctx.search_inputs()
+    stats: dict[str, ActObserver] = {}
+    if ctx.quantize_acts and cfg.act_granularity == "per_tensor":
+        mods = {join(b, p): blk.get_submodule(p)
+                for (b, _), blk in zip(ctx.blocks, float_blocks, strict=True)
+                for p in ctx.layout.linears}
+        stats = collect_input_stats(float_part, mods, ctx.stat_inputs())
     flags = {n: p.requires_grad for n, p in ctx.part.named_parameters()}
     ctx.part.requires_grad_(False)
     wrapped: list[_Wrapped] = []
@@ -172,7 +202,7 @@ def _run(ctx: PartContext, epochs: int) -> MethodResult:
             with torch.no_grad():
                 targets = [c.run(fp_block) for c in fp_calls]
             q_calls = capture_block_calls(ctx.part, block, samples)
-            w = _wrap_block(b, block, q_calls, ctx, use_let)
+            w = _wrap_block(b, block, q_calls, ctx, use_let, stats)
             wrapped.append(w)
             losses[b] = train_block(w, q_calls, targets, epochs, ctx)
     finally:
@@ -185,7 +215,8 @@ def _run(ctx: PartContext, epochs: int) -> MethodResult:
 
 @torch.no_grad()
 def _wrap_block(
-    name: str, block: nn.Module, calls: list[BlockCall], ctx: PartContext, use_let: bool
+    name: str, block: nn.Module, calls: list[BlockCall], ctx: PartContext, use_let: bool,
+    stats: dict[str, ActObserver],
 ) -> _Wrapped:
     w = _Wrapped(name, block)
     lets: dict[str, Let] = {}
@@ -202,8 +233,10 @@ def _wrap_block(
             lets[g.norm] = Let(smooth_scale(absmax, weights, ctx.config.alpha),
                                (ch_max + ch_min) / 2)
     let_of = {p: lets[g.norm] for g in ctx.layout.groups if g.norm in lets for p in g.linears}
+    let_fed = {p for g in ctx.layout.groups for p in g.linears}
     for path in ctx.layout.linears:
-        t = TrainLinear(block.get_submodule(path), ctx, let_of.get(path))
+        t = TrainLinear(block.get_submodule(path), ctx, let_of.get(path),
+                        stats.get(join(name, path)), path in let_fed)
         w.linears[path] = t
         set_submodule(block, path, t)
     for g in ctx.layout.groups:
@@ -228,11 +261,14 @@ def train_block(
     ctx: PartContext,
 ) -> list[float]:
     """Train one wrapped block; returns the mean block loss before training and after each
-    epoch (``epochs + 1`` values)."""
+    epoch (``epochs + 1`` values). The block keeps the parameters of its lowest-loss epoch
+    (possibly epoch 0), so training never makes it worse on these rows."""
     history = [_mean_loss(w.block, calls, targets)]
     lwc, let = w.parameters()
     if epochs == 0 or not (lwc or let) or not calls:
         return history
+    params = lwc + let
+    best = [p.detach().clone() for p in params]
     groups = [{"params": lwc, "lr": ctx.config.lr_lwc}, {"params": let, "lr": ctx.config.lr_let}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
     for _ in range(epochs):
@@ -243,6 +279,11 @@ def train_block(
                 loss.backward()
             opt.step()
         history.append(_mean_loss(w.block, calls, targets))
+        if history[-1] < min(history[:-1]):
+            best = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, b in zip(params, best, strict=True):
+            p.copy_(b)
     return history
 
 

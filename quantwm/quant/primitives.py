@@ -38,6 +38,7 @@ per-channel.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,9 +53,11 @@ _EPS = 1e-8
 
 
 def check_bits(bits: int, name: str = "bits") -> int:
-    """Return ``bits`` if it is 2..8 or >= 16 (float), else raise a ``ValueError`` naming it."""
-    if isinstance(bits, bool) or not isinstance(bits, int):
+    """Return ``bits`` (as an ``int``; numpy integers are accepted) if it is 2..8 or >= 16
+    (float), else raise a ``ValueError`` naming it."""
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
         raise ValueError(f"{name} must be an integer in 2..8 or >= 16 (float), got {bits!r}")
+    bits = int(bits)
     if not (2 <= bits <= 8 or bits >= FLOAT_BITS):
         raise ValueError(
             f"{name}={bits} is not supported: use 2..8 bits, or >= {FLOAT_BITS} to leave in float"
@@ -71,9 +74,10 @@ def check_group_size(group_size: int | None) -> int | None:
     """Return a valid group size (``None`` = no grouping) or raise a ``ValueError`` naming it."""
     if group_size is None:
         return None
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+    if (isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral)
+            or group_size <= 0):
         raise ValueError(f"group size must be a positive integer or None, got {group_size!r}")
-    return group_size
+    return int(group_size)
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
