@@ -170,7 +170,11 @@ def test_reference_profile_is_protocol_section_2() -> None:
             5, 300, 30, 0.0, 1.0, 1.0)
     assert (wall.cem_steps, wall.mpc_rounds) == (10, 50)
     assert (pusht.cem_steps, pusht.mpc_rounds) == (30, 30)
-    assert set(PROFILES) == {"cpu", "reference", "smoke"}
+    assert set(PROFILES) == {"cpu", "cpu_long", "reference", "smoke"}
+    for env in ("wall", "pusht"):  # cpu_long: the cpu CEM budget over the reference's rounds
+        long, cpu = planner_config(env, "cpu_long"), planner_config(env, "cpu")
+        assert long.replace(mpc_rounds=cpu.mpc_rounds, profile="cpu") == cpu
+        assert long.mpc_rounds == planner_config(env, "reference").mpc_rounds
     assert planner_config("wall").profile == "cpu"
     assert planner_config("wall", "cpu", samples=300).samples == 300
 
@@ -251,6 +255,13 @@ def test_success_bookkeeping() -> None:
     assert res.rounds_run[0] == 1  # left the batch after round 0 ...
     assert res.success_by_round[0].all()  # ... and stays successful
     assert np.isnan(res.loss_best[0, 1:]).all()
+    # the population stays fixed: a stopped episode keeps the state, distance and objective it
+    # stopped with in every later round, and `planned` says which rounds it planned
+    assert not res.planned[0, 1:].any() and res.planned[1].all()
+    for a in (res.latent_mse, res.goal_distance, res.states):
+        assert np.isfinite(a).all()
+        np.testing.assert_array_equal(a[0, 1:], np.repeat(a[0, :1], FAST.n_rounds - 1, axis=0))
+    np.testing.assert_array_equal(res.states[0, -1], res.final_states[0])
     assert not res.success_by_round[1].any() and res.rounds_run[1] == FAST.n_rounds
     assert np.all(np.diff(res.success_by_round.astype(int), axis=1) >= 0)
     assert res.success_at(0) == res.success_by_round[:, 0].mean()

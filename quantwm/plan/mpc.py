@@ -4,7 +4,14 @@ Each round: the current observations of the active episodes (encoded once, at th
 previous round) and their goal latents (encoded once per evaluation) go into one batched CEM;
 the final CEM mean is denormalised with the model's statistics and all ``horizon`` macro-actions
 (``frameskip`` env steps each) are executed in the real environments; success is checked in the
-real environment against the goal state, and an episode that succeeded leaves the batch.
+real environment against the goal state, and an episode that succeeded leaves the batch: it
+stops acting, so it stays where it succeeded.
+
+The population stays fixed over rounds: for an episode that has stopped, every later round
+records the state it stopped in, its true distance to the goal and its latent objective
+(``states``, ``goal_distance``, ``latent_mse`` are never NaN), and ``planned`` says which
+rounds were actually planned. Means over rounds are then means over the same episodes, not
+over the ones still failing.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from quantwm.utils import spearman
 class PlanResult:
     """What batched MPC recorded for n episodes over R + 1 rounds (R = ``config.mpc_rounds``).
 
-    Arrays are indexed (episode, round[, ...]); entries of rounds an episode did not run (it had
-    already succeeded) are NaN, except ``success_by_round`` which stays True once reached.
+    Arrays are indexed (episode, round[, ...]). The planner's own records (``loss_best``,
+    ``loss_mean``, ``actions``) are NaN for rounds an episode did not plan (it had already
+    succeeded); what the episode *is* (``states``, ``goal_distance``, ``latent_mse``) is carried
+    forward from the round it stopped in, and ``success_by_round`` stays True once reached.
     """
 
     env_name: str
@@ -41,6 +50,7 @@ class PlanResult:
     loss_best: np.ndarray  # (n, R+1, cem_steps) objective of the best CEM sample per step
     loss_mean: np.ndarray  # (n, R+1, cem_steps) objective of the CEM mean entering each step
     latent_mse: np.ndarray  # (n, R+1) objective(observation latent, goal latent) after round r
+    # (for every round: after the episode stopped, the value it stopped with)
     latent_mse_start: np.ndarray  # (n,) the same before round 0
     goal_distance: np.ndarray  # (n, R+1) ||state[:4] - goal[:4]|| after round r (true state)
     actions: np.ndarray  # (n, R+1, horizon, action_dim) executed raw actions (before env clip)
@@ -54,6 +64,11 @@ class PlanResult:
     @property
     def n_episodes(self) -> int:
         return len(self.ids)
+
+    @property
+    def planned(self) -> np.ndarray:
+        """(n, R+1) bool: whether the episode planned (was still active) in round r."""
+        return np.arange(self.success_by_round.shape[1])[None, :] < self.rounds_run[:, None]
 
     def success_at(self, iters: int) -> float:
         """Success rate within rounds 0..iters ("iters" as in the paper's tables)."""
@@ -99,7 +114,7 @@ class PlanResult:
             "episode": np.repeat(self.ids, n_rounds),
             "round": np.tile(np.arange(n_rounds), n),
             "success": self.success_by_round.reshape(-1),
-            "planned": (np.arange(n_rounds)[None, :] < self.rounds_run[:, None]).reshape(-1),
+            "planned": self.planned.reshape(-1),
             "final_loss_best": self.loss_best[:, :, -1].reshape(-1),
             "latent_mse": self.latent_mse.reshape(-1),
             "goal_distance": self.goal_distance.reshape(-1),
@@ -114,7 +129,7 @@ class PlanResult:
         predicted the plan would reach) against the latent MSE actually reached; low means the
         model's rollouts do not match the env.
         """
-        planned = np.isfinite(self.latent_mse)
+        planned = self.planned
         lat = self.latent_mse[planned]
         out: dict[str, float | None] = {
             "objective_vs_distance": _or_none(spearman(lat, self.goal_distance[planned])),
@@ -277,6 +292,11 @@ def plan_episodes(world_model: torch.nn.Module, episodes: Any, config: PlannerCo
         for env in envs:
             env.close()
     success = np.logical_or.accumulate(success, axis=1)
+    for i in range(n):  # a stopped episode stays where it stopped
+        last = int(rounds_run[i]) - 1
+        if 0 <= last < n_rounds - 1:
+            for a in (latent_mse, goal_distance, states):
+                a[i, last + 1:] = a[i, last]
     return PlanResult(
         env_name=episodes.env_name, ids=[str(i) for i in episodes.ids], config=config,
         success_by_round=success, loss_best=loss_best, loss_mean=loss_mean,

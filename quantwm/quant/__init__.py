@@ -14,6 +14,7 @@ plus the primitives (``choose_qparams``, ``quantize_tensor``, ``dequantize``,
 from quantwm.quant.apply import METHOD_RUNNERS, PartReport, QuantReport, quantize
 from quantwm.quant.blocks import DINO_WM_LAYOUT, BlockLayout, NormGroup, find_blocks
 from quantwm.quant.config import (
+    METHOD_REVISIONS,
     METHODS,
     WEIGHT_ACTIVATION_METHODS,
     WEIGHT_ONLY_METHODS,
@@ -34,7 +35,7 @@ from quantwm.quant.size import SizeReport, model_size_bits
 from quantwm.quant.transforms import fold_into_norm, smooth_scale
 
 __all__ = [
-    "METHODS", "METHOD_RUNNERS", "WEIGHT_ACTIVATION_METHODS", "WEIGHT_ONLY_METHODS",
+    "METHOD_REVISIONS", "METHODS", "METHOD_RUNNERS", "WEIGHT_ACTIVATION_METHODS", "WEIGHT_ONLY_METHODS",
     "ActObserver", "ActQuantizer", "BlockLayout", "Bits", "DINO_WM_LAYOUT", "NormGroup",
     "PartReport", "QParams", "QuantConfig", "QuantLinear", "QuantReport", "SizeReport",
     "check_bits", "choose_qparams", "dequantize", "fake_quantize", "find_blocks",

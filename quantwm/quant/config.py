@@ -28,6 +28,13 @@ from quantwm.quant.primitives import FLOAT_BITS, check_bits, check_group_size
 METHODS: tuple[str, ...] = (
     "rtn", "omse", "smoothquant", "awq", "awq_ref", "omniquant", "omniquant_ref",
 )
+# Bumped whenever a method's numbers change, so that results made before are stale (the result
+# store reruns them). 2: OmniQuant trains against the shipped activation quantizer and keeps
+# each block's best epoch; awq_ref clips q/k rows as the reference did.
+METHOD_REVISIONS: dict[str, int] = {
+    "rtn": 1, "omse": 1, "smoothquant": 1, "awq": 1, "awq_ref": 2, "omniquant": 2,
+    "omniquant_ref": 1,
+}
 WEIGHT_ONLY_METHODS: tuple[str, ...] = ("awq", "awq_ref")
 WEIGHT_ACTIVATION_METHODS: tuple[str, ...] = ("smoothquant",)
 ROLES: tuple[str, ...] = ("encoder", "predictor")

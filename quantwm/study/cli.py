@@ -33,47 +33,76 @@ def run_notebooks_command(args: argparse.Namespace) -> int:
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--table", type=int, nargs="+", required=True,
-                        help="paper table number(s), 1-8")
-    parser.add_argument("--env", default=None, help="only the tables of this env (wall|pusht)")
-    parser.add_argument("--profile", default="quick", choices=tuple(STUDY_PROFILES))
+    parser.add_argument("--table", type=int, nargs="+", default=None, choices=range(1, 9),
+                        metavar="N", help="paper table number(s), 1-8 (default: all tables, "
+                        "with the figure rows and the width-scaled groups of Tables 1-2; "
+                        "table profiles only)")
+    parser.add_argument("--env", default=None, choices=("wall", "pusht"),
+                        help="only this env's experiments")
+    parser.add_argument("--profile", default=None, choices=tuple(STUDY_PROFILES),
+                        help="study profile (default quick; `--dry-run` alone lists the cost "
+                             "of every profile): " + ", ".join(STUDY_PROFILES))
     parser.add_argument("--variant", default="paper", choices=("paper", "designed"),
                         help="AWQ/OmniQuant as the reference ran them, or as designed")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="evaluation episode and planner seed (default: the profile's)")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     parser.add_argument("--results", default=None, help="result store folder (data/results)")
     parser.add_argument("--figures", action="store_true",
-                        help="add the RTN rows of Figs. 2-3 for the tables' envs (notebooks "
-                             "05-06 run them too, when missing)")
+                        help="with --table: add the RTN rows of Figs. 2-3 for the tables' envs")
     parser.add_argument("--force", action="store_true", help="rerun finished experiments")
     parser.add_argument("--workers", type=int, default=1,
-                        help="experiments run in parallel processes (threads are split)")
-    parser.add_argument("--dry-run", action="store_true", help="list what would run")
+                        help="experiments run in parallel processes, one torch thread each "
+                             "when the machine's threads allow")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would run and its expected / worst-case time")
+
+
+def _sweep_grid(args: argparse.Namespace, profile) -> list:
+    from quantwm.study.grid import TABLE_ENV, TABLES
+
+    envs = (args.env,) if args.env else None
+    if args.table is not None:
+        if profile.focused:
+            raise ValueError(f"--table does not apply to the {profile.name!r} profile, which "
+                             "runs chosen configurations; leave it out")
+        tables = [t for t in args.table if args.env is None or TABLE_ENV[t] == args.env]
+        if not tables:
+            raise ValueError(f"none of tables {args.table} is a {args.env} table")
+        return profile.study_experiments(tables, envs, args.variant, figures=args.figures,
+                                         width=False, seed=args.seed)
+    return profile.study_experiments(TABLES, envs, args.variant, seed=args.seed)
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from quantwm.study.grid import TABLE_ENV, check_table
+    from quantwm.study.cost import format_hours, sweep_cost
     from quantwm.study.profiles import study_profile
     from quantwm.study.runner import run_sweep
     from quantwm.study.store import RESULTS_DIR, ResultStore
-    from quantwm.utils import check_env_name
 
-    profile = study_profile(args.profile)
-    env = check_env_name(args.env) if args.env else None
-    tables = [check_table(t) for t in args.table if env is None or TABLE_ENV[t] == env]
-    if not tables:
-        raise ValueError(f"none of tables {args.table} is a {env} table")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     store = ResultStore(args.results or RESULTS_DIR)
-    grid = [e for t in tables for e in profile.experiments(t, args.variant, args.seed)]
-    if args.figures:
-        from quantwm.study.analysis import figure_experiments
-
-        for figure_env in dict.fromkeys(TABLE_ENV[t] for t in tables):
-            grid += figure_experiments(figure_env, profile, seed=args.seed).values()
+    if args.dry_run and args.profile is None and args.table is None:
+        print(f"profile     experiments  to run   expected   worst case  "
+              f"({args.workers} worker(s), measured from {store.root})")
+        for name in STUDY_PROFILES:
+            p = study_profile(name)
+            grid = _sweep_grid(args, p)
+            todo = store.missing(grid)
+            c = sweep_cost(todo, store, args.workers)
+            print(f"{name:<11} {len(grid):>11} {len(todo):>7} {format_hours(c['expected_s']):>10} "
+                  f"{format_hours(c['worst_s']):>12}")
+        return 0
+    profile = study_profile(args.profile or "quick")
+    grid = _sweep_grid(args, profile)
     todo = list(dict.fromkeys(grid)) if args.force else store.missing(grid)
-    print(f"tables {tables}{' + figure rows' if args.figures else ''}, profile "
-          f"{profile.name}: {len(set(grid))} experiments, "
-          f"{len(todo)} to run, results in {store.root}")
+    cost = sweep_cost(todo, store, args.workers)
+    print(f"profile {profile.name}: {len(set(grid))} experiments, {len(todo)} to run with "
+          f"{args.workers} worker(s): expected {format_hours(cost['expected_s'])}, worst case "
+          f"{format_hours(cost['worst_s'])}; results in {store.root}", flush=True)
     if args.dry_run:
         for e in todo:
             print("  ", e.key())

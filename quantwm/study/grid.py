@@ -70,6 +70,13 @@ class Experiment:
     def is_float(self) -> bool:
         return self.method == "fp32"
 
+    @property
+    def method_revision(self) -> int:
+        """The revision of the method's code (``quantwm.quant.METHOD_REVISIONS``; FP32: 1)."""
+        from quantwm.quant.config import METHOD_REVISIONS
+
+        return 1 if self.is_float else METHOD_REVISIONS[self.method]
+
     def quant_config(self, **options: Any):
         """The :class:`quantwm.quant.QuantConfig` of this experiment (None for FP32)."""
         if self.is_float:

@@ -8,10 +8,15 @@ Calibration follows PROTOCOL section 5: the FP32 planner runs 2 MPC rounds on th
 episodes (training split, other seeds than evaluation) and every encoder and predictor input is
 recorded (subsampled). It is gathered once per (checkpoint, planner profile) and cached under
 ``data/cache/``: it serves every method.
+
+Beside planning success each record holds the configuration's open-loop latent error on fixed
+validation segments (:mod:`quantwm.study.latent`); :func:`ensure_latent_error` adds it to
+records made before it existed, without planning again.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,6 +66,27 @@ def build_model(experiment: Experiment, device: torch.device | str = "cpu",
     return quantize(model, experiment.quant_config(**quant_options), calib)
 
 
+@functools.cache
+def _reference(env: str, digest: str, device: str) -> tuple[torch.nn.Module, Any]:
+    """The FP32 model and the validation segments of an env (once per process and checkpoint)."""
+    from quantwm.model import load
+    from quantwm.study.latent import validation_segments
+
+    model = load(env, device).eval()
+    return model, validation_segments(env, num_hist=int(model.config.num_hist))
+
+
+def latent_error_of(experiment: Experiment, model: torch.nn.Module,
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The ``latent_error`` entry of ``experiment``'s record for its (quantized) ``model``."""
+    from quantwm.model import checkpoint_digest
+    from quantwm.study.latent import latent_error_record
+
+    reference, segments = _reference(experiment.env, checkpoint_digest(experiment.env),
+                                     str(device))
+    return latent_error_record(model, reference, segments)
+
+
 def run_experiment(experiment: Experiment, store: ResultStore | None = None,
                    device: torch.device | str = "cpu", cache_dir: str | Path = CACHE_DIR,
                    progress: bool = False, **quant_options: Any) -> dict[str, Any]:
@@ -79,6 +105,10 @@ def run_experiment(experiment: Experiment, store: ResultStore | None = None,
     config = planner_config(experiment.env, experiment.profile, seed=experiment.seed)
     result = plan_episodes(model, episodes, config, device=device, progress=progress)
 
+    t_latent = time.perf_counter()
+    latent = latent_error_of(experiment, model, device)
+    latent_seconds = time.perf_counter() - t_latent
+
     iters = [k for k in paper_iters(experiment.env) if k <= config.mpc_rounds]
     record = {
         "label": experiment.quant_config().label() if not experiment.is_float else "FP32",
@@ -87,22 +117,49 @@ def run_experiment(experiment: Experiment, store: ResultStore | None = None,
         "episodes": {
             "ids": [str(i) for i in episodes.ids],
             "first_success_round": result.first_success_round(),
+            "rounds_run": result.rounds_run.tolist(),
+            # the planner's predicted objective of its final plan (null: round not planned)
             "final_loss_by_round": _nan_to_none(result.loss_best[:, :, -1]),
+            # objective and true distance reached, every round (carried after the episode
+            # stopped, so means over rounds are over the same episodes)
+            "latent_mse_start": _nan_to_none(result.latent_mse_start[None])[0],
             "latent_mse_by_round": _nan_to_none(result.latent_mse),
             "goal_distance_by_round": _nan_to_none(result.goal_distance),
         },
         "mean_final_loss_by_round": result.summary()["mean_final_loss_by_round"],
+        "latent_error": latent,
+        "method_revision": experiment.method_revision,
         "checkpoint": checkpoint,
         "planner": config.to_dict(),
         "size": model_size_bits(model).as_dict(),
         "seconds": {"quantize": quant_seconds, "plan": result.seconds,
-                    "total": time.perf_counter() - t0},
+                    "latent_error": latent_seconds, "total": time.perf_counter() - t0},
         "provenance": {**provenance(), "device": str(device),
                        "torch_threads": torch.get_num_threads()},
     }
     if store is not None:
         store.write(experiment, record)
     return record
+
+
+def ensure_latent_error(experiments: Sequence[Experiment], store: ResultStore,
+                        device: torch.device | str = "cpu", cache_dir: str | Path = CACHE_DIR,
+                        progress: bool = True) -> list[Experiment]:
+    """Add ``latent_error`` to the stored records of ``experiments`` that lack it (their
+    success is not recomputed); returns the experiments updated. Deterministic: the same model
+    and segments give the same numbers as a fresh run would store."""
+    from tqdm.auto import tqdm
+
+    todo = [e for e in dict.fromkeys(experiments)
+            if store.has(e) and "latent_error" not in store.read(e)]
+    for exp in tqdm(todo, desc="latent error", disable=not progress or not todo):
+        record = store.read(exp)
+        model = build_model(exp, device, cache_dir)
+        record["latent_error"] = latent_error_of(exp, model, device)
+        record.setdefault("provenance", {})["latent_error"] = {
+            **provenance(), "device": str(device), "torch_threads": torch.get_num_threads()}
+        store.write(exp, {k: v for k, v in record.items() if k not in ("experiment", "key")})
+    return todo
 
 
 def _nan_to_none(a: np.ndarray) -> list:

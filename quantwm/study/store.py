@@ -4,9 +4,11 @@ A sweep asks the store what is done and runs only the rest, so an interrupted sw
 and loses nothing; a result is either whole on disk or absent (never half-written), and an
 experiment's file name is its key, so rerunning cannot duplicate it.
 
-Each result records the SHA-1 of the checkpoint it was made with. After a model is retrained,
-its old results are *stale*: ``has`` and ``missing`` treat them as not done, so the next sweep
-reruns them (and replaces the files) instead of mixing two models in one table.
+Each result records the SHA-1 of the checkpoint it was made with and the revision of its
+quantization method (``quantwm.quant.METHOD_REVISIONS``). After a model is retrained or a
+method's code changes what it computes, the old results are *stale*: ``has`` and ``missing``
+treat them as not done, so the next sweep reruns them (and replaces the files) instead of mixing
+two models or two versions of a method in one table.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ class ResultStore:
         return path.exists() and not self.is_stale(json.loads(path.read_text()))
 
     def is_stale(self, record: dict[str, Any]) -> bool:
-        """Whether ``record`` was made with another checkpoint than the one now shipped."""
+        """Whether ``record`` was made with another checkpoint than the one now shipped, or
+        with an older revision of its quantization method."""
+        exp = Experiment.from_dict(record["experiment"])
+        if record.get("method_revision", 1) != exp.method_revision:
+            return True
         made_with = record.get("checkpoint")
         if not self.check_checkpoints or made_with is None:
             return False

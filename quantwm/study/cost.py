@@ -1,0 +1,134 @@
+"""What a sweep will cost on this machine, before it runs, from what earlier runs measured.
+
+Every stored record holds its planning seconds, the rounds each episode planned (from
+``first_success_round``) and its torch thread count. From them:
+
+- **throughput**: seconds of one episode-round (one CEM plan + 25 env steps) per env and CEM
+  budget, the median over stored records at one thread (records at t threads count t times
+  their seconds: a worker of a ``--workers`` sweep has one thread);
+- **expected rounds** of an experiment: from a stored record of the same quantized model (any
+  episode count) the mean number of rounds an episode plans, extended past its last round by
+  its last survival rate; without one, from the env's FP32 record (optimistic for a weak
+  configuration);
+- **quantization seconds**: the median of stored records of the same method and env.
+
+Expected and worst-case (every episode plans every round) seconds follow, and a sweep's wall
+time is their sum divided by the workers; with no stored record of an env, its time is unknown
+(NaN). The figures are estimates: the machine's load moves
+them by +-30 %.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from quantwm.study.grid import Experiment
+from quantwm.study.store import ResultStore
+
+# a budget: (samples, cem_steps), which sets the cost of one round
+Budget = tuple[int, int]
+
+
+def _budget(env: str, planner: str) -> Budget:
+    from quantwm.plan import planner_config
+
+    c = planner_config(env, planner)
+    return c.samples, c.cem_steps
+
+
+def _rounds_run(record: dict[str, Any]) -> list[int]:
+    rounds = len(record["success_by_round"])
+    return [rounds if f is None else int(f) + 1 for f in record["episodes"]["first_success_round"]]
+
+
+@dataclass
+class CostModel:
+    """Per-env measured costs (see the module doc)."""
+
+    round_seconds: dict[tuple[str, Budget], float]  # one episode-round at one thread
+    survival: dict[tuple[str, str], np.ndarray]  # (env, model_key) -> P(still active at r)
+    quantize_seconds: dict[tuple[str, str], float]  # (env, method)
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict[str, Any]]) -> CostModel:
+        per_round: dict[tuple[str, Budget], list[float]] = defaultdict(list)
+        survival: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
+        quant: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for rec in records:
+            try:
+                exp = Experiment.from_dict(rec["experiment"])
+                rounds = _rounds_run(rec)
+                threads = int(rec.get("provenance", {}).get("torch_threads", 1))
+                plan_s = float(rec["seconds"]["plan"])
+            except (KeyError, TypeError, ValueError):
+                continue  # an incomplete or foreign record says nothing about cost
+            cfg = rec.get("planner", {})
+            budget = (int(cfg.get("samples", 0)), int(cfg.get("cem_steps", 0)))
+            if sum(rounds):
+                per_round[(exp.env, budget)].append(plan_s * threads / sum(rounds))
+            n_rounds = len(rec["success_by_round"])
+            active = np.array([[r < k for k in rounds] for r in range(n_rounds)]).mean(axis=1)
+            key = (exp.env, exp.model_key())
+            if key not in survival or survival[key][0] < len(rounds):  # most episodes wins
+                survival[key] = (len(rounds), active)
+            if not exp.is_float:
+                quant[(exp.env, exp.method)].append(float(rec["seconds"]["quantize"]) * threads)
+        return cls({k: statistics.median(v) for k, v in per_round.items()},
+                   {k: v for k, (_, v) in survival.items()},
+                   {k: statistics.median(v) for k, v in quant.items()})
+
+    def seconds_per_round(self, env: str, planner: str) -> float:
+        """One episode-round at one thread; scaled by samples x CEM steps from another
+        measured budget of the env when this one was never run."""
+        budget = _budget(env, planner)
+        if (env, budget) in self.round_seconds:
+            return self.round_seconds[(env, budget)]
+        known = [(b, s) for (e, b), s in self.round_seconds.items() if e == env and b[0] > 0]
+        if not known:
+            return float("nan")  # nothing measured yet: the time is unknown, not zero
+        (samples, steps), s = max(known, key=lambda kv: kv[0][0] * kv[0][1])
+        return s * budget[0] * budget[1] / (samples * steps)
+
+    def expected_rounds(self, exp: Experiment, n_rounds: int) -> float:
+        """Mean rounds an episode of ``exp`` plans, of at most ``n_rounds``."""
+        active = self.survival.get((exp.env, exp.model_key()))
+        if active is None:
+            active = self.survival.get((exp.env, "fp32"), np.ones(1))
+        if len(active) < n_rounds:
+            active = np.concatenate([active, np.full(n_rounds - len(active), active[-1])])
+        return float(active[:n_rounds].sum())
+
+    def experiment_seconds(self, exp: Experiment) -> tuple[float, float]:
+        """(expected, worst-case) seconds of one experiment at one thread."""
+        from quantwm.plan import planner_config
+
+        n_rounds = planner_config(exp.env, exp.profile).n_rounds
+        per_round = self.seconds_per_round(exp.env, exp.profile)
+        quant = 0.0 if exp.is_float else self.quantize_seconds.get((exp.env, exp.method), 0.0)
+        expected = exp.episodes * self.expected_rounds(exp, n_rounds) * per_round
+        return quant + expected, quant + exp.episodes * n_rounds * per_round
+
+
+def sweep_cost(experiments: Sequence[Experiment], store: ResultStore, workers: int = 1
+               ) -> dict[str, float]:
+    """Expected and worst-case wall seconds of running ``experiments`` with ``workers``
+    one-thread workers, measured from ``store``'s records (see the module doc)."""
+    model = CostModel.from_records(store.records())
+    exp_s = worst_s = 0.0
+    for e in experiments:
+        a, b = model.experiment_seconds(e)
+        exp_s, worst_s = exp_s + a, worst_s + b
+    w = max(1, min(workers, len(experiments)))
+    return {"experiments": len(experiments), "expected_s": exp_s / w, "worst_s": worst_s / w}
+
+
+def format_hours(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "unknown"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

@@ -1,0 +1,118 @@
+"""Open-loop latent prediction error: a planning-free measure of what quantization does.
+
+Planning success is a coarse, binary and noisy outcome: 50 episodes cannot resolve a
+difference below ~0.2. The latent error is continuous and paired: on a fixed set of validation
+segments (the same for every configuration of an env), the configuration's model encodes the
+history frames with *its* encoder and rolls *its* predictor out open loop with the recorded
+actions; each predicted frame is compared with the **FP32** model's encoding of the true frame
+(the latent the planner would want to reach, undistorted by quantization):
+
+    err[s, k] = mean over tokens and dims of (z_pred[s, k] - z_fp32(frame h + k))^2,  k = 1..5
+
+FP32 itself has a non-zero error (its own prediction error); a quantized configuration adds
+what its encoder and predictor lose. Stored in each result record as ``latent_error`` and
+compared per segment (the segment is the unit).
+
+    segs = validation_segments("wall")
+    err = latent_error(quantized_model, segs, reference=fp32_model)   # (64, 5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantwm.utils import check_env_name
+
+SEGMENTS = 64  # validation segments per env (the issue asks for >= 50)
+STEPS = 5  # open-loop prediction steps (frameskip macro-steps)
+SEGMENT_SEED = 0
+
+
+@dataclass
+class SegmentSet:
+    """Ground-truth stretches of validation trajectories, ``frameskip`` env steps per frame."""
+
+    env: str
+    ids: list[str]
+    visual: torch.Tensor  # (S, T, 3, H, W) float in [0, 1]
+    proprio: torch.Tensor  # (S, T, P) raw
+    actions: torch.Tensor  # (S, T - 1, A) raw; action t is taken at frame t
+    num_hist: int
+    steps: int
+
+
+def validation_segments(env: str, n: int = SEGMENTS, steps: int = STEPS, num_hist: int = 1,
+                        seed: int = SEGMENT_SEED, frameskip: int = 5, img_size: int = 64
+                        ) -> SegmentSet:
+    """``n`` segments of ``num_hist + steps`` frames from distinct validation trajectories
+    (a seeded choice of trajectories and start steps; the same arguments give the same set)."""
+    from quantwm.data import load_trajectories
+    from quantwm.envs import proprio_of, render_states
+
+    env = check_env_name(env)
+    for name, v in (("n", n), ("steps", steps), ("num_hist", num_hist)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    trajs = load_trajectories(env)
+    val = np.asarray(trajs.indices("val"))
+    if n > len(val):
+        raise ValueError(f"n={n} segments exceed the {len(val)} validation trajectories of {env}")
+    frames = num_hist + steps
+    span = frameskip * (frames - 1)
+    if span > trajs.n_steps:
+        raise ValueError(f"{frames} frames need {span} steps; {env} trajectories have "
+                         f"{trajs.n_steps}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E6]))
+    picks = np.sort(rng.choice(val, size=n, replace=False))
+    starts = rng.integers(0, trajs.n_steps - span + 1, size=n)
+    visual, proprio, actions, ids = [], [], [], []
+    for i, t0 in zip(picks.tolist(), starts.tolist(), strict=True):
+        at = t0 + frameskip * np.arange(frames)
+        states = trajs.states[i, at]
+        params = {k: float(v[i]) for k, v in trajs.params.items()}
+        visual.append(render_states(env, states, img_size=img_size, **params))
+        proprio.append(proprio_of(env, states))
+        acts = trajs.actions[i, t0: t0 + span]
+        actions.append(acts.reshape(frames - 1, frameskip * acts.shape[-1]))
+        ids.append(f"{env}/val/traj{i:05d}/t{t0:03d}")
+    vis = torch.from_numpy(np.stack(visual)).permute(0, 1, 4, 2, 3).float() / 255.0
+    return SegmentSet(env, ids, vis, torch.from_numpy(np.stack(proprio)).float(),
+                      torch.from_numpy(np.ascontiguousarray(np.stack(actions))).float(),
+                      num_hist, steps)
+
+
+@torch.inference_mode()
+def latent_error(model: torch.nn.Module, segments: SegmentSet,
+                 reference: torch.nn.Module | None = None, batch: int = 16) -> np.ndarray:
+    """(segments, steps) latent MSE of ``model``'s open-loop predictions against
+    ``reference``'s (FP32) encoding of the true frames (``reference`` None: the model's own)."""
+    reference = model if reference is None else reference
+    h = int(model.config.num_hist)
+    if h != segments.num_hist:
+        raise ValueError(f"the model predicts from {h} history frame(s), the segments were cut "
+                         f"for {segments.num_hist}")
+    dev = next(model.parameters()).device
+    out = []
+    for s in range(0, len(segments.ids), batch):
+        vis = segments.visual[s: s + batch].to(dev)
+        prop = segments.proprio[s: s + batch].to(dev)
+        act = segments.actions[s: s + batch].to(dev)
+        truth = reference.encode(vis[:, h:], prop[:, h:])
+        z_hist = model.encode(vis[:, :h], prop[:, :h])
+        # rollout_window reads only the first num_hist frames of z; pad with the truth's shape
+        z = torch.cat([z_hist, truth], dim=1)
+        pred = model.rollout_window(z, model.normalize_action(act))
+        out.append((pred - truth).square().mean(dim=(2, 3)).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def latent_error_record(model: torch.nn.Module, reference: torch.nn.Module,
+                        segments: SegmentSet) -> dict[str, Any]:
+    """The ``latent_error`` entry of a result record (JSON-ready)."""
+    err = latent_error(model, segments, reference)
+    return {"segments": list(segments.ids), "steps": list(range(1, segments.steps + 1)),
+            "mse": err.tolist(), "reference": "fp32", "seed": SEGMENT_SEED}
