@@ -77,7 +77,7 @@ def _sweep_grid(args: argparse.Namespace, profile) -> list:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from quantwm.study.cost import format_hours, sweep_cost
     from quantwm.study.profiles import study_profile
-    from quantwm.study.runner import run_sweep
+    from quantwm.study.runner import ensure_latent_error, run_sweep
     from quantwm.study.store import RESULTS_DIR, ResultStore
 
     if args.workers < 1:
@@ -114,6 +114,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
               f"({record['seconds']['total']:.0f} s)", flush=True)
 
     run_sweep(todo, store, args.device, force=True, on_done=done, workers=args.workers)
+    added = ensure_latent_error(grid, store, args.device)
+    if added:
+        print(f"latent error added to {len(added)} stored record(s) that lacked it", flush=True)
     return 0
 
 
