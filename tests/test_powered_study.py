@@ -176,3 +176,18 @@ def test_sweep_dry_run_prints_every_profiles_cost(smoke_store, capsys) -> None:
     assert f"{len(POWER_ROWS)} experiments" in out and "expected" in out
     assert main(["sweep", "--profile", "power", "--table", "1", "--dry-run"]) == 2
     assert "--table" in capsys.readouterr().err
+
+
+def test_group_counts_per_linear() -> None:
+    from quantwm.model import load
+    from quantwm.quant.size import group_counts
+
+    rows = group_counts(load("wall"), (None, 128, WIDTH_GROUP))
+    assert {(r["part"], r["linear"]) for r in rows} == {
+        (p, n) for p in ("encoder", "predictor")
+        for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    for r in rows:
+        assert r["per-channel"] == 1
+        assert r["G128"] == -(-r["in_features"] // 128)
+        assert (r["G128"] == 1) == (r["in_features"] <= 128)  # G128 = per-channel there
+        assert r[f"G{WIDTH_GROUP}"] >= 3  # the width-scaled group always splits a row

@@ -31,13 +31,14 @@ from quantwm.quant.primitives import (
     fake_quantize,
 )
 from quantwm.quant.primitives import quantize as quantize_tensor
-from quantwm.quant.size import SizeReport, model_size_bits
+from quantwm.quant.size import SizeReport, group_counts, model_size_bits
 from quantwm.quant.transforms import fold_into_norm, smooth_scale
 
 __all__ = [
-    "METHOD_REVISIONS", "METHODS", "METHOD_RUNNERS", "WEIGHT_ACTIVATION_METHODS", "WEIGHT_ONLY_METHODS",
-    "ActObserver", "ActQuantizer", "BlockLayout", "Bits", "DINO_WM_LAYOUT", "NormGroup",
-    "PartReport", "QParams", "QuantConfig", "QuantLinear", "QuantReport", "SizeReport",
-    "check_bits", "choose_qparams", "dequantize", "fake_quantize", "find_blocks",
-    "fold_into_norm", "model_size_bits", "quantize", "quantize_tensor", "smooth_scale",
+    "METHOD_REVISIONS", "METHODS", "METHOD_RUNNERS", "WEIGHT_ACTIVATION_METHODS",
+    "WEIGHT_ONLY_METHODS", "ActObserver", "ActQuantizer", "BlockLayout", "Bits",
+    "DINO_WM_LAYOUT", "NormGroup", "PartReport", "QParams", "QuantConfig", "QuantLinear",
+    "QuantReport", "SizeReport", "check_bits", "choose_qparams", "dequantize", "fake_quantize",
+    "find_blocks", "fold_into_norm", "group_counts", "model_size_bits", "quantize",
+    "quantize_tensor", "smooth_scale",
 ]

@@ -68,3 +68,27 @@ def model_size_bits(model: nn.Module) -> SizeReport:
         quantized_params.add(id(m.weight))
     float_count = sum(p.numel() for p in model.parameters() if id(p) not in quantized_params)
     return SizeReport(32 * n_params, quant_w, scales, 32 * float_count)
+
+
+def group_counts(model: nn.Module, group_sizes: tuple[int | None, ...] = (None, 128, 48),
+                 parts: tuple[str, ...] = ("encoder", "predictor")) -> list[dict[str, object]]:
+    """Per quantized Linear (one row per part and Linear name within a block): its input width
+    and the number of weight groups per output row at each group size (None = per-channel, 1
+    group). A group size >= the width gives 1 group, i.e. per-channel; ``ceil(width / g)``
+    otherwise (the last group partial when g does not divide the width)."""
+    from quantwm.quant.blocks import DINO_WM_LAYOUT, find_blocks
+
+    rows: list[dict[str, object]] = []
+    for part in parts:
+        blocks = find_blocks(model.get_submodule(part))
+        if not blocks:
+            continue
+        _, block = blocks[0]
+        for name in DINO_WM_LAYOUT.linears:
+            width = int(block.get_submodule(name).in_features)
+            row: dict[str, object] = {"part": part, "linear": name, "in_features": width,
+                                      "blocks": len(blocks)}
+            for g in group_sizes:
+                row["per-channel" if g is None else f"G{g}"] = 1 if g is None else -(-width // g)
+            rows.append(row)
+    return rows
