@@ -191,3 +191,66 @@ def test_group_counts_per_linear() -> None:
         assert r["G128"] == -(-r["in_features"] // 128)
         assert (r["G128"] == 1) == (r["in_features"] <= 128)  # G128 = per-channel there
         assert r[f"G{WIDTH_GROUP}"] >= 3  # the width-scaled group always splits a row
+
+
+# ------------------------------------------------------------- Insights IV and V, simulated
+def _record(env: str, method: str, bits: tuple, *, objective: np.ndarray, distance: np.ndarray,
+            first: list, latent: np.ndarray | None = None) -> dict:
+    exp = Experiment(env, method, bits[0], bits[1], episodes=len(first))
+    rec = {"experiment": exp.to_dict(), "key": exp.key(), "label": exp.model_key(),
+           "episodes": {"ids": [f"e{i}" for i in range(len(first))],
+                        "first_success_round": first,
+                        "latent_mse_by_round": objective.tolist(),
+                        "goal_distance_by_round": distance.tolist()}}
+    if latent is not None:
+        rec["latent_error"] = {"segments": [f"s{i}" for i in range(len(latent))],
+                               "steps": [1, 2, 3, 4, 5], "mse": latent.tolist()}
+    return rec
+
+
+def test_alignment_uses_fixed_populations_and_detects_a_broken_objective() -> None:
+    from quantwm.study.alignment import Trajectories, compare
+
+    rng = np.random.default_rng(0)
+    n, rounds = 60, 6
+    distance = rng.uniform(1, 10, (n, rounds)).cumsum(axis=1)[:, ::-1].copy()
+    good = distance * np.exp(rng.normal(0, 0.05, (n, rounds)))  # objective tracks distance
+    bad = rng.uniform(1, 100, (n, rounds))  # objective unrelated to distance
+    holes = good.astype(object)
+    holes[:5, 2:] = None  # an older record: nulls after success, carried on reading
+    fp = _record("wall", "fp32", ((32, 32), (32, 32)), objective=holes, distance=distance,
+                 first=[1] * 5 + [None] * (n - 5))
+    q = _record("wall", "rtn", ((3, 32), (3, 32)), objective=bad, distance=distance,
+                first=[None] * n)
+    t = Trajectories.of(fp)
+    assert np.isfinite(t.objective).all() and (t.objective[:5, 2:] == t.objective[:5, 1:2]).all()
+    res = compare(fp, q)
+    assert res["alignment"].hi < 0 and res["alignment"].significant
+    same = compare(fp, fp)["objective_change"]
+    assert same.estimate == 0 and same.p_value == 1.0
+
+
+def test_insight4_compares_encoder_damage_across_envs() -> None:
+    from quantwm.study.latent import insight4_test
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.01, 0.05, (64, 5))
+    empty = np.zeros((2, 6))
+    records = []
+    for env, factor in (("wall", 3.0), ("pusht", 1.1)):
+        records.append(_record(env, "fp32", ((32, 32), (32, 32)), objective=empty,
+                               distance=empty, first=[None, None], latent=base))
+        damaged = base * factor * np.exp(rng.normal(0, 0.1, base.shape))
+        records.append(_record(env, "rtn", ((4, 4), (32, 32)), objective=empty,
+                               distance=empty, first=[None, None], latent=damaged))
+    out = insight4_test(records)
+    assert out["family"] == ["rtn-e4a4-p32a32-gch-pertensor"]
+    assert out["verdict"].word == "agrees" and out["result"].lo > 0
+    assert insight4_test(records[:2]) is None  # no PushT: nothing to compare
+
+
+def test_model_key_names_the_granularity_whenever_activations_are_quantized() -> None:
+    keys = {Experiment("wall", "rtn", (4, 4), (FLOAT, FLOAT), act_granularity=g).model_key()
+            for g in ("per_tensor", "per_token")}
+    assert len(keys) == 2
+    assert "per" not in Experiment("wall", "rtn", (4, FLOAT), (4, FLOAT)).model_key()

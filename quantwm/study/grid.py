@@ -93,7 +93,8 @@ class Experiment:
             return "fp32"
         e, p = self.encoder, self.predictor
         group = f"g{self.group}" if self.group else "gch"
-        act = "" if max(e[1], p[1]) >= FLOAT else f"-{self.act_granularity.replace('_', '')}"
+        # the granularity matters wherever any part quantizes its activations
+        act = "" if min(e[1], p[1]) >= FLOAT else f"-{self.act_granularity.replace('_', '')}"
         return f"{self.method}-e{e[0]}a{e[1]}-p{p[0]}a{p[1]}-{group}{act}"
 
     def key(self) -> str:

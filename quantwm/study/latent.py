@@ -116,3 +116,76 @@ def latent_error_record(model: torch.nn.Module, reference: torch.nn.Module,
     err = latent_error(model, segments, reference)
     return {"segments": list(segments.ids), "steps": list(range(1, segments.steps + 1)),
             "mse": err.tolist(), "reference": "fp32", "seed": SEGMENT_SEED}
+
+
+# ------------------------------------------------------------------ Insight IV on latent error
+def log_ratio(record: dict[str, Any], fp32: dict[str, Any], step: int = 1) -> np.ndarray:
+    """Per segment, ``log(err_config / err_fp32)`` at rollout ``step`` (1-based): how much the
+    configuration adds to FP32's own prediction error on the same segment."""
+    a, b = fp32.get("latent_error"), record.get("latent_error")
+    if a is None or b is None:
+        raise ValueError(f"{record.get('key')} or its FP32 record has no latent_error yet; run "
+                         f"quantwm sweep on its profile to add it")
+    if a["segments"] != b["segments"]:
+        raise ValueError(f"{record.get('key')} and FP32 were measured on different segments")
+    if step not in a["steps"]:
+        raise ValueError(f"step must be one of {a['steps']}, got {step!r}")
+    k = a["steps"].index(step)
+    return np.log(np.array(b["mse"])[:, k] / np.array(a["mse"])[:, k])
+
+
+def _encoder_reduced(exp: Any) -> bool:
+    """The encoder is quantized at lower bits than the predictor (float = 32 bits)."""
+    return not exp.is_float and tuple(exp.encoder) < tuple(exp.predictor)
+
+
+def insight4_test(records: list[dict[str, Any]], step: int = 1, seed: int = 0
+                  ) -> dict[str, Any] | None:
+    """The paper's Insight IV on latent error, declared here before the data: encoder
+    quantization damages the representation on Wall ("representation-level collapse") more than
+    on PushT ("latent representations are not collapsed").
+
+    Family: the encoder-reduced configurations (encoder bits below the predictor's) stored for
+    both envs under the same run fields. Unit: the validation segment; per segment, the mean
+    over the family of ``log(err / err_fp32)`` at ``step``. Statistic: Wall's mean minus
+    PushT's (independent segments: a two-sample permutation test and bootstrap interval).
+    Claim: positive (``Claim("increase", margin=0.1)``: a 10 % larger relative error).
+    Returns None when the family is empty.
+    """
+    from scipy import stats as sps
+
+    from quantwm.study.grid import Experiment
+    from quantwm.study.stats import Claim, EpisodeTest, judge, minimum_detectable_effect
+
+    by_env: dict[str, dict[str, dict[str, Any]]] = {"wall": {}, "pusht": {}}
+    for rec in records:
+        exp = Experiment.from_dict(rec["experiment"])
+        if "latent_error" in rec and exp.env in by_env:
+            by_env[exp.env][exp.model_key()] = rec
+    if any("fp32" not in v for v in by_env.values()):
+        return None
+    family = sorted(k for k in set(by_env["wall"]) & set(by_env["pusht"])
+                    if k != "fp32" and _encoder_reduced(
+                        Experiment.from_dict(by_env["wall"][k]["experiment"])))
+    if not family:
+        return None
+    per_env = {env: np.mean([log_ratio(recs[k], recs["fp32"], step) for k in family], axis=0)
+               for env, recs in by_env.items()}
+    w, p_ = per_env["wall"], per_env["pusht"]
+    rng = np.random.default_rng(seed)
+
+    def diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+    p = float(sps.permutation_test((w, p_), diff, vectorized=True, n_resamples=9999,
+                                   rng=rng).pvalue)
+    ci = sps.bootstrap((w, p_), diff, vectorized=True, n_resamples=9999, paired=False,
+                       method="percentile", rng=rng).confidence_interval
+    n = min(len(w), len(p_))
+    sd = float(np.sqrt(w.var(ddof=1) + p_.var(ddof=1)))  # SD of a difference of two units
+    result = EpisodeTest(float(diff(w, p_)), float(ci.low), float(ci.high), p, n, len(family),
+                         minimum_detectable_effect(sd, n), sd, "observed", 0.0, 0.95,
+                         "two-sample permutation; percentile bootstrap")
+    verdict = judge(result, Claim("increase", margin=0.1))
+    return {"family": family, "step": step, "wall_mean_log_ratio": float(w.mean()),
+            "pusht_mean_log_ratio": float(p_.mean()), "result": result, "verdict": verdict}
