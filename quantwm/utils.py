@@ -121,16 +121,19 @@ def seed_everything(seed: int) -> None:
 
 
 def spearman(x: Any, y: Any) -> float:
-    """Spearman rank correlation of paired values (average ranks for ties; pairs with a NaN
-    dropped); NaN for fewer than 3 pairs or no spread."""
-    import pandas as pd
+    """Spearman rank correlation of paired values (``scipy.stats.spearmanr``: average ranks for
+    ties); pairs with a NaN dropped; NaN for fewer than 3 pairs or no spread. Also exported as
+    ``quantwm.study.stats.spearman``; it lives here so the planner needs nothing of the study."""
+    from scipy.stats import spearmanr
 
-    x, y = pd.Series(np.asarray(x, float)), pd.Series(np.asarray(y, float))
-    ok = x.notna() & y.notna()
-    x, y = x[ok].rank(), y[ok].rank()
-    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"spearman needs paired values, got {x.size} and {y.size}")
+    ok = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[ok], y[ok]
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
+    return float(spearmanr(x, y).statistic)
 
 
 def parse_overrides(items: list[str], flag: str = "--set") -> dict[str, int | float | str]:

@@ -163,11 +163,15 @@ def test_verdicts_warn_when_fp32_is_too_weak_to_judge_by() -> None:
     assert baseline_caveat(frame(9), 5) is None
     assert baseline_caveat(frame(2), 0) is None  # no FP32 row at that iters
 
-    from quantwm.study.analysis import _judged
+    from quantwm.study.stats import Claim, episode_test, judge
 
-    assert "cannot tell" in _judged("agrees", weak)  # a weak baseline decides nothing...
-    assert _judged("disagrees", weak, significant=True) == "**disagrees**"  # ...unless it differs
-    assert _judged("agrees", None) == "**agrees**"
+    flat = episode_test([0.0, 0.02, -0.01, 0.01, 0.0, -0.02, 0.01, 0.0, 0.01, -0.01])
+    assert judge(flat, Claim("no_increase")).word == "agrees"
+    # a weak baseline decides nothing by the absence of an effect...
+    assert judge(flat, Claim("no_increase"), baseline_ok=False).word == "cannot tell"
+    # ...but a significant one still stands
+    worse = episode_test([-1.0, -0.75, -1.0, -0.5, -1.0, -1.0, -0.75, -1.0, -1.0, -0.5])
+    assert judge(worse, Claim("decrease"), baseline_ok=False).word == "agrees"
 
 
 def test_reference_study_profile_is_the_papers_protocol() -> None:

@@ -12,7 +12,8 @@ notebooks only choose parameters, call these functions and show what they return
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,22 @@ import pandas as pd
 import torch
 
 from quantwm.study.grid import FLOAT, TABLE_ENV, Experiment, paper_configs, paper_tables
+from quantwm.study.stats import (
+    INSIGHT_TESTS,
+    Configs,
+    EpisodeTest,
+    InsightTest,
+    Pairs,
+    episode_test,
+    judge,
+    mcnemar_exact,
+    paired_test,
+    proportion_test,
+    spearman,
+    wilson_interval,
+)
 from quantwm.study.store import ResultStore
-from quantwm.study.tables import mcnemar_exact, success_matrix, wilson_interval
-from quantwm.utils import spearman
+from quantwm.study.tables import success_matrix
 
 PAPER_EPISODES = 50
 CONFIG_KEYS = ["method", "w_bits", "a_bits", "group", "act_granularity",
@@ -145,10 +159,15 @@ def table_rows(experiments: Sequence[Experiment], store: ResultStore) -> list[di
     return out
 
 
-# -------------------------------------------------------------------- paired comparisons
+# ------------------------------------------------------------- families and paired tests
 @dataclass(frozen=True)
 class PairedComparison:
-    """Pooled paired comparison of configurations B against A (same episodes)."""
+    """Pooled paired comparison of configurations B against A (same episodes).
+
+    Descriptive only: pooling treats the same episodes under different configuration pairs as
+    independent, so its p-value is far too small. The verdicts use episode-level tests
+    (:func:`quantwm.study.stats.paired_test` via :func:`insight_table`).
+    """
 
     pairs: int  # configuration pairs compared
     episodes: int  # pooled episode pairs
@@ -156,7 +175,7 @@ class PairedComparison:
     rate_b: float
     wins_b: int  # configuration pairs where B's rate is higher
     losses_b: int  # ... lower
-    p_value: float  # exact McNemar on the pooled episode pairs
+    p_value: float  # exact McNemar on the pooled episode pairs (not episode-level)
 
     @property
     def diff(self) -> float:
@@ -168,10 +187,8 @@ class PairedComparison:
 
 
 def paired_comparison(outcomes: Sequence[tuple[np.ndarray, np.ndarray]]) -> PairedComparison:
-    """Pool paired boolean outcomes ``(a, b)`` of several configuration pairs and compare.
-
-    Raises ``ValueError`` when no pair is given.
-    """
+    """Pool paired boolean outcomes ``(a, b)`` of several configuration pairs (descriptive; see
+    :class:`PairedComparison`). Raises ``ValueError`` when no pair is given."""
     if not outcomes:
         raise ValueError("no configuration pairs to compare")
     a = np.concatenate([np.asarray(x, dtype=bool) for x, _ in outcomes])
@@ -186,6 +203,56 @@ def _is(series: pd.Series, value: Any) -> pd.Series:
     return series.isna() if value is None else series == value
 
 
+def configurations(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (key and paper representation) of a :func:`study_frame`, with
+    the derived columns the insight families use: ``reduced`` ("encoder" / "predictor" when
+    only that part has fewer bits, "same" when both parts have the same bits, NaN outside
+    Tables 7-8) and ``low_w`` / ``low_a``, the fewer bits of the two parts."""
+    cfg = frame.drop_duplicates(["key", *CONFIG_KEYS]).copy()
+    if cfg.empty:
+        return cfg.assign(reduced=pd.Series(dtype=object), low_w=pd.Series(dtype=float),
+                          low_a=pd.Series(dtype=float))
+    enc = cfg[["enc_w", "enc_a"]].to_numpy(float)
+    pred = cfg[["pred_w", "pred_a"]].to_numpy(float)
+    split = ~np.isnan(enc).any(axis=1) & ~np.isnan(pred).any(axis=1)
+    enc_low = (enc <= pred).all(axis=1) & (enc < pred).any(axis=1)
+    pred_low = (pred <= enc).all(axis=1) & (pred < enc).any(axis=1)
+    same = (enc == pred).all(axis=1)
+    reduced = np.select([enc_low, pred_low, same], ["encoder", "predictor", "same"], "mixed")
+    cfg["reduced"] = np.where(split, reduced, None)
+    low = np.minimum(enc, pred)
+    cfg["low_w"] = np.where(split, low[:, 0], np.nan)
+    cfg["low_a"] = np.where(split, low[:, 1], np.nan)
+    return cfg
+
+
+def _where(cfg: pd.DataFrame, where: Iterable[tuple[str, Any]]) -> pd.DataFrame:
+    for col, value in where:
+        if col not in cfg.columns:
+            raise ValueError(f"unknown column {col!r} in a family; expected one of "
+                             f"{[*CONFIG_KEYS, 'reduced', 'low_w', 'low_a']}")
+        cfg = cfg[_is(cfg[col], value)]
+    return cfg
+
+
+def family_pairs(frame: pd.DataFrame, family: Pairs) -> list[tuple[str, str]]:
+    """Keys ``(key_a, key_b)`` of the configuration pairs of ``family`` in a study frame."""
+    cfg = _where(configurations(frame), family.where)
+    if cfg.empty:
+        return []
+    match_on = list(family.match_on or [c for c in CONFIG_KEYS if c != family.column])
+    cfg = cfg.assign(sig=cfg[match_on].map(str).agg("|".join, axis=1))
+    left, right = cfg[_is(cfg[family.column], family.a)], cfg[_is(cfg[family.column], family.b)]
+    merged = left.merge(right, on="sig", suffixes=("_a", "_b"))
+    pairs = zip(merged["key_a"], merged["key_b"], strict=True)
+    return list(dict.fromkeys((a, b) for a, b in pairs if a != b))
+
+
+def family_configs(frame: pd.DataFrame, family: Configs) -> list[str]:
+    """Keys of the configurations of ``family`` in a study frame."""
+    return list(dict.fromkeys(_where(configurations(frame), family.where)["key"]))
+
+
 def match_pairs(frame: pd.DataFrame, column: str, a: Any, b: Any,
                 where: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Keys ``(key_a, key_b)`` of configurations that differ only in ``column`` (a -> b).
@@ -193,45 +260,47 @@ def match_pairs(frame: pd.DataFrame, column: str, a: Any, b: Any,
     ``frame`` is a :func:`study_frame`; ``None`` stands for "not applicable" (NaN), e.g. the
     per-channel ``group``. ``where`` keeps only configurations with these column values.
     """
-    cfg = frame.drop_duplicates("key")
-    for col, value in (where or {}).items():
-        cfg = cfg[_is(cfg[col], value)]
-    if cfg.empty:
-        return []
-    others = [c for c in CONFIG_KEYS if c != column]
-    cfg = cfg.assign(sig=cfg[others].map(str).agg("|".join, axis=1))
-    left, right = cfg[_is(cfg[column], a)], cfg[_is(cfg[column], b)]
-    merged = left.merge(right, on="sig", suffixes=("_a", "_b"))
-    return list(zip(merged["key_a"], merged["key_b"], strict=True))
+    return family_pairs(frame, Pairs(column, a, b, tuple((where or {}).items())))
 
 
-def compare(store: ResultStore, pairs: Sequence[tuple[str, str]], iters: int
-            ) -> PairedComparison | None:
-    """Pooled paired comparison of stored experiment pairs at ``iters`` (None if no pair)."""
-    if not pairs:
-        return None
-    return paired_comparison([(episode_outcomes(store, a, iters), episode_outcomes(store, b, iters))
-                              for a, b in pairs])
+def _paper_at(frame: pd.DataFrame, iters: int) -> pd.Series:
+    """The paper's rate per configuration key at ``iters`` (first table that has the key)."""
+    return frame[frame["iters"] == iters].drop_duplicates("key").set_index("key")["paper"]
 
 
 def paper_diff(frame: pd.DataFrame, pairs: Sequence[tuple[str, str]], iters: int) -> float:
     """The paper's mean success difference (b - a) over the same configuration pairs."""
     if not pairs:
         return float("nan")
-    at = frame[frame["iters"] == iters].set_index("key")["paper"]
-    return float(np.mean([at[b] - at[a] for a, b in pairs]))
+    at = _paper_at(frame, iters)
+    return float(np.mean([at.get(b, np.nan) - at.get(a, np.nan) for a, b in pairs]))
+
+
+def _episodes(store: ResultStore, key: str) -> tuple[list[str], list[int | None]]:
+    env = key.split("-")[0]
+    path = store.root / env / f"{key}.json"
+    if not path.exists():
+        raise ValueError(f"no stored result {key!r} under {store.root}")
+    ep = json.loads(path.read_text())["episodes"]
+    return list(ep["ids"]), list(ep["first_success_round"])
+
+
+def family_outcomes(store: ResultStore, keys: Sequence[str], iters: int) -> dict[str, np.ndarray]:
+    """Per key, ``(episodes,)`` bool success within ``iters``; every key must have been run on
+    the same episodes in the same order (``ValueError`` naming the first that was not)."""
+    out, ids0 = {}, None
+    for key in keys:
+        ids, first = _episodes(store, key)
+        if ids0 is None:
+            ids0, key0 = ids, key
+        elif ids != ids0:
+            raise ValueError(f"{key!r} was not run on the episodes of {key0!r} (ids differ); "
+                             f"paired tests need the same episodes in the same order")
+        out[key] = success_matrix(first, [iters])[:, 0]
+    return out
 
 
 # ------------------------------------------------------------------------------ verdicts
-def _fmt_cmp(c: PairedComparison | None) -> str:
-    if c is None:
-        return "no pair in this profile"
-    sig = "beyond noise" if c.significant else "within noise"
-    return (f"{c.rate_a:.2f} -> {c.rate_b:.2f} ({c.diff:+.2f}; {c.wins_b} of {c.pairs} pairs "
-            f"better, {c.losses_b} worse; McNemar p = {c.p_value:.2g}, {sig}; "
-            f"{c.episodes} paired episodes)")
-
-
 def baseline_caveat(sub: pd.DataFrame, iters: int, floor: float = 0.5) -> str | None:
     """A warning line when the FP32 row of ``sub`` (one env) plans too poorly to judge by.
 
@@ -248,140 +317,172 @@ def baseline_caveat(sub: pd.DataFrame, iters: int, floor: float = 0.5) -> str | 
     paper = "" if pd.isna(row["paper"]) else f" (the paper's DINO-WM: {row['paper']:.2f})"
     return (f"  - caveat: FP32 itself succeeds in {row['successes']} of {row['n']} episodes "
             f"within {iters} iters here{paper}, so a quantized model has at most "
-            f"{row['success']:.2f} to lose: at this baseline and size, 'within noise' means the "
-            f"study cannot tell, not that quantization is harmless.")
+            f"{row['success']:.2f} to lose: at this baseline and size, only a significant "
+            f"effect is judged; otherwise the study cannot tell.")
 
 
-def _judged(word: str, weak: str | None, significant: bool = False, rest: str = "") -> str:
-    """``**word**rest``, unless the FP32 baseline is too weak (``weak``: its caveat) and the
-    kit's difference is within noise: then it cannot tell agreement from disagreement."""
-    if weak and not significant:
-        return "**cannot tell** whether it agrees (the FP32 baseline is too weak: see the caveat)"
-    return f"**{word}**{rest}"
+def _test_iters(test: InsightTest, sub: pd.DataFrame) -> list[int]:
+    have = sorted(int(k) for k in sub["iters"].unique())
+    if test.iters is None:
+        return have[-1:]
+    return [k for k in test.iters if k in have]
 
 
-def _paired_by_env(frame: pd.DataFrame, store: ResultStore,
-                   pairs_of: Callable[[pd.DataFrame], list[tuple[str, str]]]
-                   ) -> Iterator[tuple[str, pd.DataFrame, int, list, PairedComparison | None,
-                                       str | None]]:
-    """Per env of ``frame``: (env, its rows, last iters, the pairs ``pairs_of`` finds, their
-    paired comparison at the last iters (None without pairs), the FP32 baseline caveat)."""
-    for env, sub in frame.groupby("env", sort=False):
-        last = int(sub["iters"].max())
-        pairs = pairs_of(sub)
-        yield env, sub, last, pairs, compare(store, pairs, last), baseline_caveat(sub, last)
+def insight_result(test: InsightTest, frame: pd.DataFrame, store: ResultStore, env: str,
+                   iters: int, **options: Any) -> dict[str, Any] | None:
+    """One row of :func:`insight_table`: ``test`` on ``env``'s rows of ``frame`` at ``iters``
+    (None when the frame holds none of the test's configurations). ``options`` go to
+    :func:`quantwm.study.stats.episode_test` (n_resamples, seed, ...)."""
+    sub = frame[frame["env"] == env]
+    if isinstance(test.family, Pairs):
+        pairs = family_pairs(sub, test.family)
+        if not pairs:
+            return None
+        keys = list(dict.fromkeys(k for pair in pairs for k in pair))
+        out = family_outcomes(store, keys, iters)
+        result = paired_test([(out[a], out[b]) for a, b in pairs], **options)
+        paper, count, unit = paper_diff(sub, pairs, iters), len(pairs), "pairs"
+        reference = None
+    else:
+        keys = family_configs(sub, test.family)
+        if not keys:
+            return None
+        out = family_outcomes(store, keys, iters)
+        at = _paper_at(sub, iters)
+        paper = float(np.mean([at.get(k, np.nan) for k in keys]))
+        count, unit = len(keys), "configurations"
+        if test.claim.kind == "equal":
+            if np.isnan(paper):
+                return None  # nothing to compare with at these iters
+            reference = paper
+        else:
+            reference = test.claim.threshold
+        if len(keys) == 1:
+            x = out[keys[0]]
+            result = proportion_test(int(x.sum()), x.size, reference)
+        else:
+            level = np.mean([out[k] for k in keys], axis=0)
+            result = episode_test(level, reference=reference, pairs=1, bounds=(0.0, 1.0),
+                                  **options)
+    caveat = baseline_caveat(sub, iters)
+    verdict = judge(result, test.claim, reference=reference, baseline_ok=caveat is None)
+    return {"env": env, "test": test.name, "insight": test.insight, "claim": test.paper,
+            "family": test.family.describe(), "unit": unit, "count": count, "iters": iters,
+            "diff": result.estimate, "lo": result.lo, "hi": result.hi, "p": result.p_value,
+            "n": result.n, "mde": result.mde, "sd_source": result.sd_source, "paper": paper,
+            "verdict": verdict.word, "reason": verdict.reason, "caveat": caveat,
+            "method": result.method}
 
 
-def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> str:
-    """Insight I: group-wise (G128) weights help at W4 but not at W3 (Tables 1-2)."""
-    lines = [f"**Insight I (group-wise weights), from the `{profile}` profile.**", ""]
+def insight_table(frame: pd.DataFrame, store: ResultStore,
+                  tests: Sequence[InsightTest] = INSIGHT_TESTS, **options: Any) -> pd.DataFrame:
+    """Every declared insight test on every env of ``frame`` it applies to: one row per
+    (test, env, judged iters) with env, test, insight, claim, family, count (configuration
+    pairs, or configurations for a level), iters, diff (the per-episode mean difference B - A,
+    or the mean success for a level) with its 95 % interval lo/hi, p, n episodes, mde, the
+    paper's value on the same rows, and the three-way verdict with its reason.
+
+    ``frame`` may hold any tables (concatenated :func:`study_frame` s); tests whose
+    configurations are absent give no row.
+    """
+    rows = []
+    if not frame.empty:
+        for test in tests:
+            for env, sub in frame.groupby("env", sort=False):
+                if env not in test.envs:
+                    continue
+                for k in _test_iters(test, sub):
+                    row = insight_result(test, sub, store, env, k, **options)
+                    if row is not None:
+                        rows.append(row)
+    columns = ["env", "test", "insight", "claim", "family", "unit", "count", "iters", "diff",
+               "lo", "hi", "p", "n", "mde", "sd_source", "paper", "verdict", "reason", "caveat",
+               "method"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _fmt_mde(mde: float) -> str:
+    return "none (no spread)" if np.isnan(mde) else f"{mde:.2f}"
+
+
+def _kit_says(word: str, reason: str) -> str:
+    """``**agrees**: the interval ...`` / ``**cannot tell** whether it agrees at n = 10: ...``."""
+    if word == "cannot tell":
+        sep = " " if reason.startswith("at n =") else ": "
+        return f"**cannot tell** whether it agrees{sep}{reason}"
+    return f"**{word}**: {reason}"
+
+
+def _verdict_line(row: pd.Series | dict[str, Any], level: bool) -> list[str]:
+    """Markdown lines for one :func:`insight_table` row (``level``: a success level, not a
+    difference)."""
+    f = ".2f" if level else "+.2f"
+    what = "per-episode mean success" if level else "per-episode mean difference"
+    paper = "not reported" if pd.isna(row["paper"]) else format(row["paper"], f)
+    lines = [f"- *{row['env']}*, test {row['test']}: {row['family']}, {row['count']} "
+             f"{row['unit']}, within {row['iters']} iters: {what} {row['diff']:{f}} "
+             f"[{row['lo']:{f}}, {row['hi']:{f}}], p = {row['p']:.2g}, n = {row['n']} "
+             f"episodes, MDE {_fmt_mde(row['mde'])}; the paper's same rows: {paper}."]
+    if row["caveat"]:
+        lines.append(row["caveat"])
+    lines.append(f"  - The paper: {row['claim']}. The kit "
+                 f"{_kit_says(row['verdict'], row['reason'])}.")
+    return lines
+
+
+def _insight_markdown(frame: pd.DataFrame, store: ResultStore, profile: str, insight: str,
+                      title: str, missing: str) -> str:
+    lines = [f"**{title}, from the `{profile}` profile.** Episode-level tests declared in "
+             f"`quantwm.study.stats.INSIGHT_TESTS`: per episode, the difference B - A averaged "
+             f"over the family's configuration pairs; 95 % bootstrap interval over episodes, "
+             f"sign-flip permutation p, MDE at 80 % power.", ""]
     if frame.empty:
         return "\n".join(lines + ["No results yet."])
-    any_pair = False
-    for env, sub in frame.groupby("env", sort=False):
-        last = int(sub["iters"].max())
-        lines.append(f"*{env}* (success within {last} iters, group 128 vs per-channel):")
-        weak = baseline_caveat(sub, last)
-        if weak:
-            lines.append(weak)
-        for bits in (4, 3):
-            pairs = match_pairs(sub, "group", None, 128, {"w_bits": bits, "a_bits": FLOAT})
-            c = compare(store, pairs, last)
-            lines.append(f"- W{bits}: {_fmt_cmp(c)}")
-            if c is None:
-                continue
-            any_pair = True
-            p = paper_diff(sub, pairs, last)
-            if bits == 4:
-                kit_gain = c.diff if c.significant else 0.0
-                paper_says = "helps" if p > 0 else "does not help"
-                kit_says = ("helps" if kit_gain > 0 else "hurts" if kit_gain < 0
-                            else "makes no difference beyond noise")
-                ok = (kit_gain > 0) == (p > 0)
-                judged = _judged("agrees" if ok else "disagrees", weak, c.significant,
-                                 " with the paper at W4")
-                lines.append(f"  - the paper's same rows: {p:+.2f} (grouping {paper_says}); "
-                             f"here grouping {kit_says}: the kit {judged}.")
-            else:
-                best = max(c.rate_a, c.rate_b)
-                collapsed = best <= 0.2
-                judged = _judged("agrees" if collapsed else "disagrees", weak,
-                                 rest=" (collapse = <= 0.20)")
-                lines.append(f"  - the paper: W3 collapses (near 0) either way; here the better "
-                             f"of the two pools reaches {best:.2f}: the kit {judged}.")
-        lines.append("")
-    if not any_pair:
-        lines.append("This profile holds no W4/W3 pairs: run the `quick` or `full` profile.")
+    tests = [t for t in INSIGHT_TESTS if t.insight == insight]
+    table = insight_table(frame, store, tests)
+    for test in tests:
+        rows = table[table["test"] == test.name]
+        level = isinstance(test.family, Configs)
+        for env in [e for e in frame["env"].unique() if e in test.envs]:
+            env_rows = rows[rows["env"] == env]
+            if env_rows.empty:
+                lines.append(f"- *{env}*, test {test.name}: {test.family.describe()}: no pair "
+                             f"in this profile.")
+            for _, row in env_rows.iterrows():
+                lines += _verdict_line(row, level)
+    if table.empty:
+        lines += ["", missing]
     return "\n".join(lines)
 
 
-def _granularity_pairs(sub: pd.DataFrame) -> list[tuple[str, str]]:
-    """(per-tensor, per-token) keys of otherwise equal configurations."""
-    return match_pairs(sub, "act_granularity", "per-tensor", "per-token")
+def verdict_insight1(frame: pd.DataFrame, store: ResultStore, profile: str) -> str:
+    """Insight I: group-wise (G128) weights help at W4; at W3 both collapse (Tables 1-2)."""
+    return _insight_markdown(frame, store, profile, "I", "Insight I (group-wise weights)",
+                             "This profile holds no W4/W3 pairs: run the `quick` or `full` "
+                             "profile.")
 
 
 def verdict_insight2(frame: pd.DataFrame, store: ResultStore, profile: str) -> str:
     """Insight II: per-token activations give no consistent gain over per-tensor (Tables 3-6)."""
-    lines = [f"**Insight II (per-token vs per-tensor activations), from the `{profile}` "
-             f"profile.**", ""]
-    any_pair = False
-    for env, sub, last, pairs, c, weak in _paired_by_env(frame, store, _granularity_pairs):
-        lines.append(f"- *{env}*, within {last} iters, per-tensor -> per-token: {_fmt_cmp(c)}")
-        if weak:
-            lines.append(weak)
-        if c is None:
-            continue
-        any_pair = True
-        consistent = c.significant and c.diff > 0 and c.losses_b == 0
-        p = paper_diff(sub, pairs, last)
-        lines.append(f"  - the paper's same rows: mean {p:+.2f}. The paper finds no consistent "
-                     f"gain; here per-token is "
-                     f"{'a consistent' if consistent else 'not a consistent'} gain: "
-                     f"the kit "
-                     f"{_judged('disagrees' if consistent else 'agrees', weak, c.significant)}.")
-    if not any_pair:
-        lines.append("This profile holds no per-token/per-tensor pair: run `quick` or `full`.")
-    return "\n".join(lines)
-
-
-def _encoder_predictor_pairs(sub: pd.DataFrame) -> list[tuple[str, str]]:
-    """(predictor reduced, encoder reduced) keys with the same method and bits, other part 8/8."""
-    cfg = sub.drop_duplicates("key")
-    enc = cfg[(cfg["pred_w"] == 8) & (cfg["pred_a"] == 8) & (cfg["enc_w"] * cfg["enc_a"] < 64)]
-    pairs = []
-    for _, r in enc.iterrows():
-        m = cfg[(cfg["method"] == r["method"]) & (cfg["enc_w"] == 8) & (cfg["enc_a"] == 8)
-                & (cfg["pred_w"] == r["enc_w"]) & (cfg["pred_a"] == r["enc_a"])]
-        pairs += [(k, r["key"]) for k in m["key"]]
-    return pairs
+    return _insight_markdown(frame, store, profile, "II",
+                             "Insight II (per-token vs per-tensor activations)",
+                             "This profile holds no per-token/per-tensor pair: run `quick` or "
+                             "`full`.")
 
 
 def verdict_insight3(frame: pd.DataFrame, store: ResultStore, profile: str) -> str:
     """Insight III: the encoder is more sensitive than the predictor (Tables 7-8)."""
-    lines = [f"**Insight III (encoder vs predictor sensitivity), from the `{profile}` "
-             f"profile.**", ""]
-    any_pair = False
-    for env, sub, last, pairs, c, weak in _paired_by_env(frame, store, _encoder_predictor_pairs):
-        lines.append(f"- *{env}*, within {last} iters, predictor-reduced -> encoder-reduced "
-                     f"(same bits): {_fmt_cmp(c)}")
-        if weak:
-            lines.append(weak)
-        if c is None:
-            continue
-        any_pair = True
-        p = paper_diff(sub, pairs, last)
-        kit = c.diff if c.significant else 0.0
-        verdict = "agrees" if (kit < 0) == (p < 0) else "disagrees"
-        lines.append(f"  - the paper's same rows: {p:+.2f} (negative = encoder more sensitive). "
-                     f"Here the encoder is {'more' if kit < 0 else 'not more'} sensitive beyond "
-                     f"noise: the kit {_judged(verdict, weak, c.significant)}.")
-    if not any_pair:
-        lines.append("This profile holds no encoder/predictor pair: run `quick` or `full`.")
-    return "\n".join(lines)
+    return _insight_markdown(frame, store, profile, "III",
+                             "Insight III (encoder vs predictor sensitivity)",
+                             "This profile holds no encoder/predictor pair: run `quick` or "
+                             "`full`.")
 
 
 def verdict_fp32(success: dict[str, dict[str, float]], n: dict[str, int], profile: str) -> str:
-    """The FP32 baseline against the paper's FP32 rows (Tables 1 and 2)."""
+    """The FP32 baseline against the paper's FP32 rows (Tables 1 and 2): per env and iters, the
+    kit's rate with its Wilson interval, an exact binomial test against the paper's rate, the
+    MDE, and the three-way verdict of the declared ``FP32`` test."""
+    test = next(t for t in INSIGHT_TESTS if t.name == "FP32")
     paper = paper_tables()
     lines = [f"**FP32 baseline, from the `{profile}` profile.**", ""]
     for env, rates in success.items():
@@ -390,12 +491,46 @@ def verdict_fp32(success: dict[str, dict[str, float]], n: dict[str, int], profil
         for k, rate in rates.items():
             if int(k) not in ref.index:
                 continue
-            lo, hi = wilson_interval(round(rate * n[env]), n[env])
-            inside = lo <= ref[int(k)] <= hi
-            lines.append(f"- *{env}*, {k} iters: kit {rate:.2f} [{lo:.2f}, {hi:.2f}] vs paper "
-                         f"{ref[int(k)]:.2f}: **{'consistent' if inside else 'inconsistent'}** "
-                         f"with the paper (95 % Wilson interval, n = {n[env]}).")
+            r = proportion_test(round(rate * n[env]), n[env], float(ref[int(k)]))
+            v = judge(r, test.claim, reference=float(ref[int(k)]))
+            lines.append(f"- *{env}*, {k} iters: kit {rate:.2f} [{r.lo:.2f}, {r.hi:.2f}] "
+                         f"(Wilson 95 %, n = {n[env]}) vs paper {ref[int(k)]:.2f}: exact "
+                         f"binomial p = {r.p_value:.2g}, MDE {_fmt_mde(r.mde)}. Against "
+                         f"'{test.paper}' (within {test.claim.margin:.2f}), the kit "
+                         f"{_kit_says(v.word, v.reason)}.")
     return "\n".join(lines)
+
+
+def latent_error_test(record: dict[str, Any], reference: dict[str, Any], step: int = 1,
+                      log: bool = False, **options: Any) -> EpisodeTest:
+    """Paired test of a configuration's open-loop latent prediction error against another's
+    (FP32, typically) at ``step`` (1..5), over the same validation segments.
+
+    Uses ``record["latent_error"] = {"segments": [...], "steps": [...], "mse": [[...], ...]}``;
+    the unit is the segment. The statistic is the mean over segments of ``mse_config -
+    mse_reference`` (``log``: of ``log(mse_config / mse_reference)``, a ratio, for errors
+    that differ by orders of magnitude). ``options`` go to
+    :func:`quantwm.study.stats.episode_test`.
+    """
+    errors = []
+    for rec in (reference, record):
+        lat = rec.get("latent_error")
+        if not lat:
+            raise ValueError(f"record {rec.get('key', '?')!r} has no latent_error; rerun it "
+                             f"with a runner that measures it")
+        if step not in lat["steps"]:
+            raise ValueError(f"step must be one of {lat['steps']}, got {step!r}")
+        mse = np.asarray(lat["mse"], dtype=float)[:, list(lat["steps"]).index(step)]
+        errors.append((list(lat["segments"]), mse))
+    (seg_a, a), (seg_b, b) = errors
+    if seg_a != seg_b:
+        raise ValueError(f"{record.get('key', '?')!r} and {reference.get('key', '?')!r} were "
+                         f"measured on different segments; a paired test needs the same ones")
+    if log:
+        if (a <= 0).any() or (b <= 0).any():
+            raise ValueError("log=True needs positive latent errors")
+        a, b = np.log(a), np.log(b)
+    return paired_test([(a, b)], **options)
 
 
 # ------------------------------------------------------------------------------ outliers

@@ -2,43 +2,21 @@
 
 50 episodes cannot tell 0.94 from 0.96: each rate comes with its Wilson score interval, and a
 row is flagged where it differs from a reference row *on the same episodes* beyond noise
-(exact McNemar test on the discordant episode pairs).
+(exact McNemar test: ``scipy.stats.binomtest`` on the discordant episode pairs). Both come from
+:mod:`quantwm.study.stats`, re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from quantwm.study.stats import mcnemar_exact, wilson_interval
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95 % for the default z)."""
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes must be in 0..{n}, got {successes}")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
-    """Two-sided exact McNemar p-value for paired binary outcomes of the same episodes."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"paired outcomes need the same episodes, got {a.shape} vs {b.shape}")
-    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
+__all__ = ["format_rate", "mcnemar_exact", "paper_style_table", "success_matrix",
+           "wilson_interval"]
 
 
 def format_rate(successes: int, n: int) -> str:
