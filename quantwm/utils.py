@@ -8,8 +8,8 @@ import datetime as _dt
 import json
 import os
 import random
+import secrets
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the extension last (".x.json" -> ".x.<random>.tmp.json"): tools such as papermill
-    # choose the format by it.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.",
-                               suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal rights
+    tmp_path = _new_temp_file(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -54,10 +48,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty ``.<stem>.<random>.tmp<suffix>`` beside ``path`` and return its path.
+
+    Like ``tempfile.mkstemp`` (a fresh name, created exclusively), but with the rights of any
+    new file (0o666 less the umask, applied by the OS) instead of mkstemp's 0o600, and without
+    touching the process umask. The extension stays last: tools such as papermill choose the
+    format by it.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
