@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import gymnasium as gym
@@ -39,6 +41,83 @@ def test_registered_and_passes_check_env(name: str) -> None:
             warnings.simplefilter("ignore")  # advice about Box bounds, not errors
             check_env(env.unwrapped)
         assert isinstance(env.unwrapped, envs.ENV_CLASSES[name])
+
+
+@pytest.mark.parametrize("env_id", ["quantwm/Wall-v0", "quantwm/PushT-v0"])
+def test_gymnasium_makes_the_envs_in_a_fresh_process(env_id: str) -> None:
+    """Gymnasium 1.x loads no plugins: the id names the module to import, and that is enough."""
+    code = (f"import gymnasium; env = gymnasium.make('quantwm:{env_id}', max_episode_steps=2); "
+            "env.reset(seed=0); assert env.step(env.action_space.sample())[3] is False; "
+            "assert env.step(env.action_space.sample())[3] is True; "
+            f"import quantwm; gymnasium.make('{env_id}')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", ["wall", "pusht"])
+def test_check_env_with_a_goal_and_a_time_limit(name: str) -> None:
+    env = envs.make(name, max_episode_steps=5)
+    assert env.spec.max_episode_steps == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # advice about Box bounds, not errors
+        check_env(env.unwrapped)
+        check_env(env)
+
+
+@pytest.mark.parametrize("name", ["wall", "pusht"])
+def test_time_limit_truncates_only_when_asked(name: str) -> None:
+    env = envs.make(name, max_episode_steps=3)
+    env.reset(seed=0)
+    truncated = [env.step(np.zeros(2))[3] for _ in range(3)]
+    assert truncated == [False, False, True]
+    plain = envs.make(name)  # no limit by default (the planner runs episodes as long as it likes)
+    plain.reset(seed=0)
+    assert not any(plain.step(np.zeros(2))[3] for _ in range(60))
+
+
+def test_wall_goal_gives_is_success_reward_and_terminated() -> None:
+    env = envs.make("wall")
+    _, info = env.reset(options={"state": [10.0, 30.0], "goal": [20.0, 30.0], **WALL_OPTS})
+    assert info["is_success"] is False
+    np.testing.assert_array_equal(env.unwrapped.goal, [20.0, 30.0])
+    results = []
+    for _ in range(4):
+        _, reward, terminated, truncated, info = env.step([1.0, 0.0])  # 2 px right per step
+        results.append((reward, terminated, truncated, info["is_success"]))
+    # x = 12, 14, 16 (4 px from the goal: a success, PROTOCOL's 4.5 px), 18
+    assert results == [(0.0, False, False, False), (0.0, False, False, False),
+                       (1.0, True, False, True), (1.0, True, False, True)]
+    # without a goal: no is_success, reward 0, never terminated (what the planner relies on)
+    _, info = env.reset(options={"state": [10.0, 30.0], **WALL_OPTS})
+    assert "is_success" not in info and env.unwrapped.goal is None
+    assert env.step([0.0, 0.0])[1:3] == (0.0, False)
+
+
+def test_pusht_goal_gives_is_success_and_terminated() -> None:
+    env = envs.make("pusht")
+    _, info = env.reset(options={"state": PUSHT_START, "goal": PUSHT_START})
+    assert info["is_success"] is True
+    _, reward, terminated, _, info = env.step([0.0, 0.0])  # at rest: stays at the goal
+    assert (reward, terminated, info["is_success"]) == (1.0, True, True)
+    far = PUSHT_START.copy()
+    far[2] += 60.0
+    env.reset(options={"state": PUSHT_START, "goal": far})
+    _, reward, terminated, _, info = env.step([0.0, 0.0])
+    assert (reward, terminated, info["is_success"]) == (0.0, False, False)
+
+
+@pytest.mark.parametrize("name", ["wall", "pusht"])
+def test_evaluation_episodes_are_legal_starts_and_goals(name: str) -> None:
+    from quantwm.data import evaluation_episodes
+
+    episodes = evaluation_episodes(name, n=50, seed=0)
+    env = envs.make(name)
+    for i in range(len(episodes.ids)):
+        opts = {"state": episodes.start_states[i], "goal": episodes.goal_states[i],
+                **episodes.env_kwargs(i)}
+        env.reset(options=opts)
+        np.testing.assert_array_equal(env.unwrapped.get_state(), episodes.start_states[i])
 
 
 @pytest.mark.parametrize(("name", "p"), [("wall", 2), ("pusht", 4)])
@@ -294,6 +373,54 @@ def test_bad_wall_states_and_layouts() -> None:
         envs.make("pusht").reset(options={"state": [600.0, 0, 0, 0, 0, 0, 0]})
     with pytest.raises(ValueError, match="table"):  # the T would stick out of the table
         envs.make("pusht").reset(options={"state": [300.0, 300, 256, 60, np.pi, 0, 0]})
+
+
+@pytest.mark.parametrize(("state", "named"), [
+    ([70.0, 30.0], "x=70 must lie strictly between the borders 4 and 60"),
+    ([30.0, -5.0], "y=-5 must lie strictly between the borders 4 and 60"),
+    ([4.0, 30.0], "x=4 must lie strictly between"),
+    ([1e9, 30.0], "x=1e+09"),
+    ([32.0, 40.0], "inside the wall (x in [29, 35]"),
+])
+def test_wall_rejects_positions_out_of_range(state: list[float], named: str) -> None:
+    env = envs.make("wall")
+    with pytest.raises(ValueError) as err:
+        env.reset(options={"state": state, **WALL_OPTS})
+    assert named in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="^goal"):
+        env.reset(options={"state": [10.0, 30.0], "goal": state, **WALL_OPTS})
+
+
+def _pusht(**changes: float) -> np.ndarray:
+    state = PUSHT_START.copy()
+    for index, value in changes.items():
+        state[int(index[1:])] = value
+    return state
+
+
+@pytest.mark.parametrize(("state", "named"), [
+    (_pusht(s5=1e12), "agent speed 1e+12 px/s"),
+    (_pusht(s5=1500.0, s6=1500.0), "must be at most 2000 px/s"),
+    (_pusht(s4=1e6), "block angle 1e+06 must lie in [-628.3, 628.3]"),
+    (_pusht(s4=-np.inf), "finite"),
+    (_pusht(s0=256.0, s1=250.0), "inside the T"),  # the agent's centre in the stem
+    (_pusht(s0=3.0), "in a wall; its centre must lie in [7, 504]^2"),
+])
+def test_pusht_rejects_impossible_states(state: np.ndarray, named: str) -> None:
+    env = envs.make("pusht")
+    with pytest.raises(ValueError) as err:
+        env.reset(options={"state": state})
+    assert named in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="^goal"):
+        env.reset(options={"state": PUSHT_START, "goal": state})
+
+
+def test_pusht_accepts_the_edges_of_what_it_can_be_in() -> None:
+    env = envs.make("pusht")
+    for state in (_pusht(s5=1400.0, s6=-1400.0), _pusht(s4=-200 * np.pi), _pusht(s4=37.0),
+                  _pusht(s0=300.0, s1=232.0)):  # overlaps the bar by 13 px, centre outside
+        env.reset(options={"state": state})
+        np.testing.assert_array_equal(env.unwrapped.get_state(), state)  # exactly, unwrapped
 
 
 def test_random_resets_are_legal() -> None:

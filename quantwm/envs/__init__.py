@@ -1,10 +1,23 @@
 """quantwm.envs: the Wall and PushT environments, their rendering and success checks.
 
-Importing this package registers ``quantwm/Wall-v0`` and ``quantwm/PushT-v0`` with gymnasium.
+Importing this package (or ``quantwm``) registers ``quantwm/Wall-v0`` and ``quantwm/PushT-v0``
+with gymnasium. Gymnasium 1.x loads no plugins by itself (its ``gymnasium.envs`` entry-point
+group went in 1.0), so without that import name the module in the id, which gymnasium imports
+first::
+
+    env = gymnasium.make("quantwm:quantwm/PushT-v0", max_episode_steps=100)
+    obs, info = env.reset(seed=0, options={"goal": goal_state})   # goal optional
+    obs, reward, terminated, truncated, info = env.step(action)   # info["is_success"]
+
+With a goal, ``terminated`` (and reward 1.0) come on success; ``max_episode_steps`` adds
+gymnasium's ``TimeLimit`` (no limit by default). The planner passes no goal and judges success
+itself (``quantwm.envs.base`` has the whole contract).
+
 Besides the gymnasium envs it offers batch helpers keyed by env name, for the planner and the
 datasets, that need no env instance:
 
-- ``make(name, **kw)``: ``gymnasium.make`` by short name ("wall" or "pusht");
+- ``make(name, **kw)``: ``gymnasium.make`` by short name ("wall" or "pusht"), e.g.
+  ``make("wall", max_episode_steps=50)``;
 - ``is_success(name, states, goal_states)``: a bool array over any leading shape;
 - ``render_states(name, states, img_size=64, **params)``: uint8 images (B, H, W, 3); Wall takes
   ``wall_x`` / ``door_y`` as scalars or (B,) arrays;

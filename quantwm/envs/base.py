@@ -5,10 +5,18 @@ plumbing the same way for both:
 
 - observation ``{"visual": uint8 (H, W, 3), "proprio": float32 (P,)}``;
 - ``reset(seed=..., options={"state": s, **episode_params})`` puts the env in exactly that state
-  (unknown option keys, states of the wrong length, non-finite values raise ``ValueError``);
+  (unknown option keys, states of the wrong length, non-finite values and states the env cannot
+  be in raise a ``ValueError`` naming the value and the allowed range);
+- ``reset(options={"goal": g, ...})`` sets an optional goal state for the episode (checked like
+  a state); without one the episode has no goal;
 - ``step(action)`` rejects actions of the wrong shape or with NaN/inf (``ValueError``) and clips
-  the rest to the action space; the reward is always 0 and episodes never end by themselves:
-  success is judged by the caller with ``is_success(state, goal_state)``;
+  the rest to the action space. Without a goal the reward is 0 and the episode never ends by
+  itself (the planner judges success with ``is_success(state, goal_state)`` itself). With a goal,
+  ``info["is_success"]`` says whether the state is a success against it (after ``reset`` too),
+  the reward is 1.0 on success and 0.0 otherwise, and ``terminated`` is True on success;
+- episodes are not truncated unless a step limit is asked for: ``gymnasium.make(id,
+  max_episode_steps=N)`` (or ``quantwm.envs.make(name, max_episode_steps=N)``) adds gymnasium's
+  ``TimeLimit``, which sets ``truncated`` after N steps;
 - ``get_state()`` returns a float64 copy of the state; right after ``reset`` it is bit-for-bit the
   state that was passed in.
 """
@@ -72,6 +80,7 @@ class KitEnv(gym.Env):
             )
         self.img_size = int(img_size)
         self.render_mode = render_mode
+        self._goal: np.ndarray | None = None
 
     # ---- to be provided by the concrete environment ------------------------------------------
     def _resolve_params(self, options: dict[str, Any]) -> dict[str, float]:
@@ -81,8 +90,9 @@ class KitEnv(gym.Env):
     def _sample_state(self, params: dict[str, float]) -> np.ndarray:
         raise NotImplementedError
 
-    def _check_state(self, state: np.ndarray, params: dict[str, float]) -> None:
-        """Raise ValueError if ``state`` is not a legal state under ``params``."""
+    def _check_state(self, state: np.ndarray, params: dict[str, float], what: str = "state"
+                     ) -> None:
+        """Raise ValueError (naming ``what``) if ``state`` is not a legal state under ``params``."""
 
     def _apply(self, state: np.ndarray, params: dict[str, float]) -> None:
         raise NotImplementedError
@@ -114,22 +124,34 @@ class KitEnv(gym.Env):
             options = {}
         if not isinstance(options, dict):
             raise ValueError(f"options must be a dict, got {options!r}")
-        unknown = sorted(set(options) - {"state", *self.param_names})
+        allowed = ("state", "goal", *self.param_names)
+        unknown = sorted(set(options) - set(allowed))
         if unknown:
-            allowed = ("state", *self.param_names)
             raise ValueError(f"unknown reset option(s) {unknown}; allowed: {allowed}")
         params = self._resolve_params(options)
+        goal = None
+        if options.get("goal") is not None:
+            goal = as_vector(options["goal"], self.state_dim, "goal")
+            self._check_state(goal, params, "goal")
         if options.get("state") is not None:
             state = as_vector(options["state"], self.state_dim, "state")
             self._check_state(state, params)
         else:
             state = self._sample_state(params)
         self._apply(state.copy(), params)
+        self._goal = goal
         return self._observation(), self._info()
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         self._advance(self.clip_action(action))
-        return self._observation(), 0.0, False, False, self._info()
+        info = self._info()
+        success = bool(info.get("is_success", False))
+        return self._observation(), float(success), success, False, info
+
+    @property
+    def goal(self) -> np.ndarray | None:
+        """The goal state given at the last reset (a copy), or None."""
+        return None if self._goal is None else self._goal.copy()
 
     def step_state(self, action: Any) -> np.ndarray:
         """``step`` without the observation: clip, advance, return the new state (no rendering).
@@ -160,4 +182,7 @@ class KitEnv(gym.Env):
         }
 
     def _info(self) -> dict[str, Any]:
-        return {"state": self.get_state(), **self.episode_params()}
+        info: dict[str, Any] = {"state": self.get_state(), **self.episode_params()}
+        if self._goal is not None:
+            info["is_success"] = self.is_success(info["state"], self._goal)
+        return info

@@ -79,6 +79,11 @@ BLOCK_COG = (0.0, 45.0)
 JAM_TOLERANCE = 2.0
 SUCCESS_DISTANCE = 20.0
 SUCCESS_ANGLE = np.pi / 9
+#: the fastest agent a reset accepts, px/s: the PD controller's steady speed is at most ~580
+#: (a diagonal action held), 533 the fastest measured under random actions, 370 in the datasets
+AGENT_SPEED_LIMIT = 2000.0
+#: the largest |block angle| a reset accepts, rad: 100 turns either way (the datasets' reach 8)
+ANGLE_LIMIT = 200.0 * np.pi
 
 _BG = np.array([255.0, 255.0, 255.0])
 _WALL = np.array([211.0, 211.0, 211.0])  # LightGray
@@ -313,7 +318,12 @@ class PushTEnv(KitEnv):
 
     Without ``options["state"]``, reset draws the agent in [50, 450]^2, the block in [100, 400]^2
     with a uniform angle (the reference's ranges), re-drawing until the T lies inside the walls
-    and the agent is clear of it. A given state must have the T on the table ([0, 512]^2).
+    and the agent is clear of it. A given state (or goal) must be one the env can be in: agent
+    and block positions in [0, 512], the T on the table ([0, 512]^2), the agent's centre inside
+    the walls ([7, 504]^2) and not inside the T, its speed at most ``AGENT_SPEED_LIMIT`` (2000
+    px/s) and the block angle within ``ANGLE_LIMIT`` (+-200 pi, 100 turns; the angle is
+    unwrapped, so it is not wrapped for you: ``quantwm.envs.base.wrap_angle`` does that).
+    Anything else is a ``ValueError`` naming the value and the allowed range.
     The env holds only its 7-number state; each step simulates it with ``pusht_step``.
     """
 
@@ -323,15 +333,15 @@ class PushTEnv(KitEnv):
     def __init__(self, img_size: int = 64, render_mode: str | None = None) -> None:
         super().__init__(img_size=img_size, render_mode=render_mode)
         self.action_space = spaces.Box(-ACTION_HIGH, ACTION_HIGH, shape=(2,), dtype=np.float32)
-        inf = np.inf
+        vmax = AGENT_SPEED_LIMIT  # reset accepts no faster agent, and the PD never gets there
         self.observation_space = spaces.Dict(
             {
                 "visual": spaces.Box(
                     0, 255, shape=(self.img_size, self.img_size, 3), dtype=np.uint8
                 ),
                 "proprio": spaces.Box(
-                    low=np.array([0.0, 0.0, -inf, -inf], dtype=np.float32),
-                    high=np.array([WORLD_SIZE, WORLD_SIZE, inf, inf], dtype=np.float32),
+                    low=np.array([0.0, 0.0, -vmax, -vmax], dtype=np.float32),
+                    high=np.array([WORLD_SIZE, WORLD_SIZE, vmax, vmax], dtype=np.float32),
                     dtype=np.float32,
                 ),
             }
@@ -350,16 +360,42 @@ class PushTEnv(KitEnv):
             if tee_signed_distance(agent, [*block, angle]) > AGENT_RADIUS + 2.0:
                 return np.array([*agent, *block, angle, 0.0, 0.0])
 
-    def _check_state(self, state: np.ndarray, params: dict[str, float]) -> None:
+    def _check_state(self, state: np.ndarray, params: dict[str, float], what: str = "state"
+                     ) -> None:
         xy = state[:4]
         if np.any(xy < 0.0) or np.any(xy > WORLD_SIZE):
             raise ValueError(
-                f"state {state.tolist()}: agent and block positions must lie in [0, {WORLD_SIZE:g}]"
+                f"{what} {state.tolist()}: agent and block positions must lie in "
+                f"[0, {WORLD_SIZE:g}]"
+            )
+        if not abs(state[4]) <= ANGLE_LIMIT:
+            raise ValueError(
+                f"{what} {state.tolist()}: block angle {state[4]:g} must lie in "
+                f"[-{ANGLE_LIMIT:.1f}, {ANGLE_LIMIT:.1f}] (100 turns either way); wrap it "
+                f"into [-pi, pi) first"
             )
         corners = tee_corners(state[2:5])
         if corners.min() < 0.0 or corners.max() > WORLD_SIZE:
             raise ValueError(
-                f"state {state.tolist()}: the T would stick out of the table [0, {WORLD_SIZE:g}]^2"
+                f"{what} {state.tolist()}: the T would stick out of the table "
+                f"[0, {WORLD_SIZE:g}]^2"
+            )
+        if np.any(state[:2] < _INNER_LO) or np.any(state[:2] > _INNER_HI):
+            raise ValueError(
+                f"{what} {state.tolist()}: the agent at ({state[0]:g}, {state[1]:g}) is in a "
+                f"wall; its centre must lie in [{_INNER_LO:g}, {_INNER_HI:g}]^2"
+            )
+        inside = tee_signed_distance(state[:2], state[2:5])
+        if inside < 0.0:
+            raise ValueError(
+                f"{what} {state.tolist()}: the agent's centre ({state[0]:g}, {state[1]:g}) is "
+                f"{-inside:.3g} px inside the T; it must lie outside the T"
+            )
+        speed = float(np.hypot(state[5], state[6]))
+        if speed > AGENT_SPEED_LIMIT:
+            raise ValueError(
+                f"{what} {state.tolist()}: agent speed {speed:g} px/s (velocity "
+                f"({state[5]:g}, {state[6]:g})) must be at most {AGENT_SPEED_LIMIT:g} px/s"
             )
 
     def _apply(self, state: np.ndarray, params: dict[str, float]) -> None:

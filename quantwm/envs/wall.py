@@ -247,11 +247,21 @@ class WallEnv(KitEnv):
     def _sample_state(self, params: dict[str, float]) -> np.ndarray:
         return sample_free_positions(self.np_random, 1, params["wall_x"], params["door_y"])[0]
 
-    def _check_state(self, state: np.ndarray, params: dict[str, float]) -> None:
-        if not wall_is_free(state[None], params["wall_x"], params["door_y"])[0]:
+    def _check_state(self, state: np.ndarray, params: dict[str, float], what: str = "state"
+                     ) -> None:
+        for axis, value in zip("xy", state, strict=True):
+            if not BORDER_LO < value < BORDER_HI:
+                raise ValueError(
+                    f"{what} {state.tolist()} is not in the free space: {axis}={value:g} must "
+                    f"lie strictly between the borders {BORDER_LO:g} and {BORDER_HI:g}"
+                )
+        wall_x, door_y = params["wall_x"], params["door_y"]
+        if not wall_is_free(state[None], wall_x, door_y)[0]:
             raise ValueError(
-                f"state {state.tolist()} is not in the free space (inside a wall or outside the "
-                f"borders) for wall_x={params['wall_x']}, door_y={params['door_y']}"
+                f"{what} {state.tolist()} is not in the free space: it is inside the wall (x in "
+                f"[{wall_x - WALL_HALF_WIDTH:g}, {wall_x + WALL_HALF_WIDTH:g}] outside the door, "
+                f"|y - {door_y:g}| < {DOOR_HALF_HEIGHT:g}) of wall_x={wall_x:g}, "
+                f"door_y={door_y:g}"
             )
 
     def _apply(self, state: np.ndarray, params: dict[str, float]) -> None:
