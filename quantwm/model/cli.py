@@ -12,15 +12,26 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from quantwm.cli import check_output_file, float_in, int_at_least, torch_device
+from quantwm.envs import ACTION_DIM, PROPRIO_DIM
 from quantwm.model.checkpoint import CHECKPOINT_DIR, load, save
 from quantwm.model.world_model import WorldModel, WorldModelConfig
 from quantwm.utils import DATA_DIR, ENV_NAMES, check_env_name, parse_overrides, seed_everything
+
+EXAMPLES = """\
+examples:
+  quantwm train --env wall --minutes 22            stage 2 (stage 1 first if encoder.pt is missing)
+  quantwm train --stage encoder --minutes 7        stage 1 on both envs -> encoder.pt
+  quantwm train --env pusht --resume               continue an interrupted run
+  quantwm train --env pusht --model num_hist=3 --out /tmp/pusht3.pt   DINO-WM's 3 frames"""
 
 ENCODER_PATH = CHECKPOINT_DIR / "encoder.pt"
 STATE_DIR = DATA_DIR / "runs" / "train"
@@ -43,51 +54,64 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", choices=("all", "encoder", "dynamics"), default="all",
                    help="encoder: stage 1 only; dynamics: stage 2 only (needs --encoder); "
                         "all: stage 1 if --encoder is missing, then stage 2 (default)")
-    p.add_argument("--minutes", type=float, default=22.0,
-                   help="time budget of the stage being run (stage 2 for --stage all)")
-    p.add_argument("--encoder-minutes", type=float, default=7.0,
-                   help="time budget of stage 1 when --stage all has to run it")
-    p.add_argument("--steps", type=int, default=None, help="optional step budget")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float_in(0, lo_open=True), default=22.0,
+                   help="time budget in minutes of the stage being run (stage 2 for --stage "
+                        "all; default 22)")
+    p.add_argument("--encoder-minutes", type=float_in(0, lo_open=True), default=7.0,
+                   help="time budget of stage 1 when --stage all has to run it (default 7)")
+    p.add_argument("--steps", type=int_at_least(1), default=None,
+                   help="optional step budget, >= 1 (the first of time and steps ends the run)")
+    p.add_argument("--seed", type=int_at_least(0), default=0,
+                   help="seed of initialisation, batches and data order, >= 0 (default 0)")
     p.add_argument("--out", type=Path, default=None,
                    help="output checkpoint (default data/checkpoints/<env>.pt)")
-    p.add_argument("--encoder", type=Path, default=ENCODER_PATH, help="stage-1 checkpoint")
+    p.add_argument("--encoder", type=Path, default=ENCODER_PATH,
+                   help="stage-1 checkpoint, read by stage 2 and written by stage 1 (default "
+                        "data/checkpoints/encoder.pt)")
     p.add_argument("--resume", action="store_true", help="continue from the saved training state")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--aux-weight", type=float, default=None,
+    p.add_argument("--device", default="cpu",
+                   help="torch device: cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int_at_least(1), default=None,
+                   help="torch threads, >= 1 (default: torch's choice)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help="batch size, >= 1 (default: the stage's, quantwm.model.train)")
+    p.add_argument("--lr", type=float_in(0, lo_open=True), default=None,
+                   help="learning rate, > 0 (default: the stage's, quantwm.model.train)")
+    p.add_argument("--aux-weight", type=float_in(0), default=None,
                    help="stage 1: weight of the state-feature loss against reconstruction "
                         "(default: quantwm.model.train.pretrain_encoder's)")
-    p.add_argument("--aux-scale", type=float, default=None,
+    p.add_argument("--aux-scale", type=float_in(0, lo_open=True), default=None,
                    help="stage 1: gain s of the state features in the latent, i.e. their share "
                         "of latent distances (default: quantwm.model.train.pretrain_encoder's)")
-    p.add_argument("--latent-cache-gib", type=float, default=None, metavar="GIB",
+    p.add_argument("--latent-cache-gib", type=float_in(0), default=None, metavar="GIB",
                    help="stage 2: encode every frame once when the latents fit in this much "
                         "memory, else every batch (default 60%% of this machine's memory, "
                         f"here {default_latent_cache_gib():.1f}; 0: never)")
-    p.add_argument("--decoder-every", type=int, default=None, metavar="N",
+    p.add_argument("--decoder-every", type=int_at_least(1), default=None, metavar="N",
                    help="stage 2: train the (viewing-only) decoder on every N-th step only "
                         "(default: quantwm.model.train.train_dynamics's)")
-    p.add_argument("--ema-decay", type=float, default=None,
+    p.add_argument("--ema-decay", type=float_in(0, 1, hi_open=True), default=None,
                    help="stage 2: end with an exponential moving average of the weights, "
-                        "e.g. 0.999 (default: quantwm.model.train.train_dynamics's)")
+                        "in [0, 1), e.g. 0.999; 0: none (default: "
+                        "quantwm.model.train.train_dynamics's)")
     p.add_argument("--model", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="stage 2: world-model config fields other than the env's defaults, e.g. "
                         "num_hist=1 pred_depth=6 (quantwm.model.WorldModelConfig; the encoder's "
                         "must match --encoder)")
-    p.add_argument("--rollout-steps", type=int, default=1, metavar="K",
+    p.add_argument("--rollout-steps", type=int_at_least(1), default=1, metavar="K",
                    help="train on K-step open-loop rollouts as well (default 1: teacher "
                         "forcing only, as the reference)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.stage != "encoder" and args.env is None:
         raise ValueError("--env is required unless --stage encoder")
+    torch_device(args.device)
     stage1 = args.stage == "encoder" or (args.stage == "all" and not args.encoder.exists())
+    if stage1:
+        check_output_file(args.encoder, "--encoder")
+    if args.stage != "encoder":
+        check_output_file(args.out or CHECKPOINT_DIR / f"{check_env_name(args.env)}.pt", "--out")
     for flag, value in (("--aux-weight", args.aux_weight), ("--aux-scale", args.aux_scale)):
         if value is not None and not stage1:
             raise ValueError(f"{flag} {value} is for stage 1, which this run does not train "
@@ -103,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
                          "does not train")
     model_config = parse_overrides(args.model, "--model")
     if args.stage != "encoder":  # a bad field fails here, not after stage 1
-        WorldModelConfig.for_env(check_env_name(args.env), **model_config)
+        check_model_config(check_env_name(args.env), model_config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if stage1:
         minutes = args.minutes if args.stage == "encoder" else args.encoder_minutes
         train_encoder(args.encoder, minutes=minutes, steps=args.steps, seed=args.seed,
@@ -120,6 +146,35 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, lr=args.lr,
                       decoder_every=args.decoder_every, ema_decay=args.ema_decay)
     return 0
+
+
+def check_model_config(env: str, overrides: dict[str, Any]) -> WorldModelConfig:
+    """The env's ``WorldModelConfig`` with ``--model`` overrides, or a ValueError naming the
+    first bad one: sizes are integers >= 1, ``mlp_ratio`` a finite number > 0, and the model
+    must fit the env's data (proprio and action widths) with patches that tile the image."""
+    kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__
+             for f in dataclasses.fields(WorldModelConfig)}
+    for key, value in overrides.items():
+        if key == "env":
+            raise ValueError(f"--model env={value}: the environment is --env")
+        kind = kinds.get(key)
+        if kind == "int" and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"--model {key}={value}: {key} must be an integer >= 1")
+        if kind == "float" and (not isinstance(value, int | float) or not math.isfinite(value)
+                                or value <= 0):
+            raise ValueError(f"--model {key}={value}: {key} must be a finite number > 0")
+    config = WorldModelConfig.for_env(env, **overrides)
+    if config.proprio_dim != PROPRIO_DIM[env]:
+        raise ValueError(f"--model proprio_dim={config.proprio_dim}: {env}'s proprio has "
+                         f"{PROPRIO_DIM[env]} numbers")
+    if config.action_dim != ACTION_DIM[env] * config.frameskip:
+        raise ValueError(f"--model action_dim={config.action_dim}: with frameskip "
+                         f"{config.frameskip}, {env}'s actions take "
+                         f"{ACTION_DIM[env] * config.frameskip} numbers (set action_dim too)")
+    if config.img_size % config.patch_size:
+        raise ValueError(f"--model patch_size={config.patch_size} must divide img_size="
+                         f"{config.img_size}")
+    return config
 
 
 def _overrides(**kw: Any) -> dict[str, Any]:

@@ -1,42 +1,116 @@
 """``quantwm eval``: the FP32 planner on the shipped checkpoint, success by iteration.
 
-    quantwm eval --env wall                          # 50 evaluation episodes, cpu profile
+    quantwm eval --env wall                          # 50 evaluation episodes, cpu planner
     quantwm eval --env pusht --seed 1 --json out.json
-    quantwm eval --env wall --profile reference      # PROTOCOL section 2 exactly (slow here)
+    quantwm eval --env wall --planner reference      # PROTOCOL section 2 exactly (slow here)
+
+``--planner`` picks the planner profile (``quantwm.plan.config``); ``--profile`` is its old
+name, kept as a deprecated alias (``sweep`` and ``notebooks`` use ``--profile`` for a study
+profile).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
+import sys
 import time
+from typing import Any
 
-from quantwm.plan.config import DEFAULT_PROFILE, PROFILES
+from quantwm.cli import check_output_file, int_at_least, torch_device
+from quantwm.plan.config import DEFAULT_PROFILE, PROFILES, PlannerConfig
 from quantwm.utils import ENV_NAMES, parse_overrides
+
+EXAMPLES = """\
+examples:
+  quantwm eval --env wall --planner smoke --episodes 2   seconds: check that planning runs
+  quantwm eval --env wall                                50 episodes, the kit's cpu planner
+  quantwm eval --env pusht --seed 1 --json out.json      other episodes, summary to a file
+  quantwm eval --env wall --set samples=128 topk=16      the cpu planner with more samples
+  quantwm eval --env pusht --planner reference --device cuda   PROTOCOL section 2 exactly"""
+
+_PLANNER_HELP = (f"planner profile (quantwm.plan.config), default {DEFAULT_PROFILE}: the kit's "
+                 "budget for a 2-core CPU; reference: PROTOCOL section 2 exactly (slow on a "
+                 "CPU); smoke: seconds (tests)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", required=True, choices=ENV_NAMES, help="environment")
-    parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes (50)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the evaluation episodes and of the planner (0; "
-                             "--set seed=N plans the same episodes with another planner seed)")
-    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
-                        help=f"planner profile (default {DEFAULT_PROFILE}; reference = PROTOCOL)")
-    parser.add_argument("--device", default="cpu", help="torch device (cpu)")
+    parser.add_argument("--episodes", type=int_at_least(1), default=50,
+                        help="evaluation episodes, >= 1 (default 50)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
+                        help="seed of the evaluation episodes and of the planner, >= 0 (default "
+                             "0; --set seed=N plans the same episodes with another planner seed)")
+    parser.add_argument("--planner", default=None, choices=PROFILES, help=_PLANNER_HELP)
+    parser.add_argument("--profile", default=None, choices=PROFILES,
+                        help="deprecated alias of --planner (in sweep and notebooks --profile "
+                             "is a study profile)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device: cpu (default), cuda, cuda:N or mps")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint path (default: the shipped data/checkpoints/<env>.pt)")
-    parser.add_argument("--max-batch", type=int, default=None,
+    parser.add_argument("--max-batch", type=int_at_least(1), default=None,
                         help="most sequences per rollout call (memory; default from config)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                        help="override PlannerConfig fields, e.g. --set samples=100 execute=best")
+                        help="override PlannerConfig fields, e.g. --set samples=100 execute=best "
+                             f"(fields: {', '.join(_settable_fields())})")
     parser.add_argument("--json", default=None, metavar="FILE",
-                        help="write the summary here (config, timing, success by iters and "
-                             "per episode)")
+                        help="write the summary here (config, timing, torch threads, success by "
+                             "iters and per episode)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _settable_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(PlannerConfig) if f.name != "profile"]
+
+
+def planner_profile(args: argparse.Namespace) -> str:
+    """The planner profile asked for by ``--planner`` or its deprecated alias ``--profile``."""
+    planner, alias = getattr(args, "planner", None), getattr(args, "profile", None)
+    if alias is not None:
+        if planner is not None and planner != alias:
+            raise ValueError(f"--planner {planner} and --profile {alias} disagree; --profile is "
+                             "the deprecated name of --planner: give only --planner")
+        print("quantwm eval: note: --profile is deprecated here, use --planner", file=sys.stderr)
+    return planner or alias or DEFAULT_PROFILE
+
+
+def planner_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE ...`` as PlannerConfig fields, each value of its field's type."""
+    overrides = parse_overrides(items)
+    kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__
+             for f in dataclasses.fields(PlannerConfig)}
+    for key, value in overrides.items():
+        if key == "profile":
+            raise ValueError(f"--set profile={value}: choose the planner profile with --planner "
+                             f"({', '.join(PROFILES)}); PlannerConfig.profile only records it")
+        kind = kinds.get(key)
+        if kind is None:
+            raise ValueError(f"--set {key}={value}: unknown PlannerConfig field {key!r}; "
+                             f"expected one of {', '.join(_settable_fields())}")
+        if kind == "float" and (not isinstance(value, int | float) or not math.isfinite(value)):
+            raise ValueError(f"--set {key}={value}: {key} must be a finite number")
+        if kind == "int" and not isinstance(value, int):
+            raise ValueError(f"--set {key}={value}: {key} must be an integer")
+        if key == "seed" and value < 0:
+            raise ValueError(f"--set seed={value}: the planner seed must be >= 0")
+        if kind == "float":
+            overrides[key] = float(value)
+    return overrides
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    # every input is checked before the model and the episodes are loaded
+    planner = planner_profile(args)
+    device = torch_device(args.device)
+    if args.json:
+        check_output_file(args.json, "--json")
+    overrides = planner_overrides(args.set)
+    if args.max_batch is not None:
+        overrides["max_batch"] = args.max_batch
 
     from quantwm.data import evaluation_episodes
     from quantwm.model import load
@@ -44,18 +118,12 @@ def run(args: argparse.Namespace) -> int:
     from quantwm.plan.mpc import plan_episodes
     from quantwm.utils import atomic_write_json, provenance
 
-    if args.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
-    device = torch.device(args.device)
+    config = planner_config(args.env, planner, **{"seed": args.seed, **overrides})
     model = load(args.checkpoint or args.env, device=device)
     episodes = evaluation_episodes(args.env, n=args.episodes, seed=args.seed)
-    overrides = parse_overrides(args.set)
-    if args.max_batch is not None:
-        overrides["max_batch"] = args.max_batch
-    config = planner_config(args.env, args.profile, **{"seed": args.seed, **overrides})
     extra = " + " + " ".join(args.set) if args.set else ""
-    print(f"eval {args.env}: {args.episodes} episodes (seed {args.seed}), profile "
-          f"{args.profile}{extra}: samples {config.samples}, topk {config.topk}, CEM steps "
+    print(f"eval {args.env}: {args.episodes} episodes (seed {args.seed}), planner "
+          f"{planner}{extra}: samples {config.samples}, topk {config.topk}, CEM steps "
           f"{config.cem_steps}, MPC rounds 0..{config.mpc_rounds}, device {device}")
     t0 = time.perf_counter()
     result = plan_episodes(model, episodes, config, device=device,
@@ -73,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
           f"{seconds / max(rounds, 1):.1f} s per round on average)")
     if args.json:
         summary = result.summary()
-        summary.update(seed=args.seed, profile=args.profile, overrides=args.set, device=str(device),
+        # "profile" is the planner profile too (the key this file has always had)
+        summary.update(seed=args.seed, planner=planner, profile=planner, overrides=args.set,
+                       device=str(device), torch_threads=torch.get_num_threads(),
                        checkpoint=args.checkpoint or args.env, provenance=provenance())
         atomic_write_json(args.json, summary)
         print(f"wrote {args.json}")
