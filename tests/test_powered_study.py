@@ -254,3 +254,17 @@ def test_model_key_names_the_granularity_whenever_activations_are_quantized() ->
             for g in ("per_tensor", "per_token")}
     assert len(keys) == 2
     assert "per" not in Experiment("wall", "rtn", (4, FLOAT), (4, FLOAT)).model_key()
+
+
+# ------------------------------------------------------------------ results at a glance
+def test_records_frame_matches_the_paper_tables_frame(smoke_store) -> None:
+    from quantwm.study.analysis import study_frame
+    from quantwm.study.summary import records_frame
+
+    store, (fp32, _) = smoke_store
+    theirs = study_frame(1, [fp32], store)
+    ours = records_frame([store.read(fp32)])
+    cols = ["env", "method", "w_bits", "a_bits", "key", "iters", "n", "successes", "paper"]
+    pd_equal = theirs[cols].reset_index(drop=True).equals(ours[cols].reset_index(drop=True))
+    assert pd_equal, (theirs[cols], ours[cols])
+
