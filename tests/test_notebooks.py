@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from quantwm.study import analysis
-from quantwm.study.explorer import ANY, select, with_choices
+from quantwm.study.explorer import ANY, options, select, with_choices
 from quantwm.study.notebooks import numbered_notebooks
 from quantwm.utils import DATA_DIR
 
@@ -113,6 +113,70 @@ def test_reports_embed_their_figures_and_leave_the_committed_store_alone(smoke_r
     assert list((tmp / "cache").glob("calibration-*.pt"))
 
 
+def _output_kinds(cell) -> list[str]:
+    """Per output of a code cell: markdown, html, png or the output type."""
+    kinds = []
+    for o in cell.get("outputs", []):
+        data = o.get("data", {})
+        kind = next((k for k, mime in (("markdown", "text/markdown"), ("png", "image/png"),
+                                       ("html", "text/html")) if mime in data),
+                    o.get("output_type"))
+        kinds.append(kind)
+    return kinds
+
+
+@pytest.mark.parametrize("name", ["02_weight_only", "03_weight_activation",
+                                  "04_encoder_predictor"])
+def test_each_table_is_shown_once_every_row_with_its_figure_under_its_heading(smoke_run, name):
+    import re
+
+    import nbformat
+
+    _, runs = smoke_run
+    nb = nbformat.read(str(runs[name].executed), as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "plot_table" in c.source)
+    kinds = _output_kinds(cell)
+    assert kinds and kinds == ["markdown", "html", "png"] * (len(kinds) // 3)
+    data = [o.get("data", {}) for o in cell.outputs]
+    headings = [d["text/markdown"] for d in data if "text/markdown" in d]
+    tables = [re.search(r"Table (\d)", h).group(1) for h in headings]
+    assert len(tables) == len(set(tables))  # each paper table once
+    for heading, html in zip(headings, [d["text/html"] for d in data if "text/html" in d],
+                             strict=True):
+        configs = int(re.search(r"(\d+) configurations", heading).group(1))
+        assert html.count("<tr") == configs + 2  # two header rows, then every configuration
+
+
+def test_loop_figures_land_under_their_env_heading(smoke_run) -> None:
+    import nbformat
+
+    _, runs = smoke_run
+    nb = nbformat.read(str(runs["01_outliers"].executed), as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "plot_channel_absmax" in c.source)
+    kinds = _output_kinds(cell)
+    assert kinds == ["markdown", "png", "png"] * (len(kinds) // 3) and kinds
+
+
+def test_the_explorer_notebook_runs_on_the_store_with_no_static_copy(smoke_run) -> None:
+    import nbformat
+    import papermill
+
+    from quantwm.study.notebooks import NOTEBOOK_DIR
+
+    tmp, _ = smoke_run
+    out = tmp / "out" / "explorer.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK_DIR / "explorer.ipynb"), str(out),
+                               parameters={"profile": "smoke",
+                                           "results_dir": str(tmp / "results")},
+                               cwd=str(NOTEBOOK_DIR), progress_bar=False)
+    nb = nbformat.read(str(out), as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    last = nb.cells[-1].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in last)
+    assert "png" not in _output_kinds(nb.cells[-1])  # the plot lives in the widget only
+
+
 # ------------------------------------------------------------------------------ analysis
 def test_spearman_properties() -> None:
     x = np.arange(10.0)
@@ -138,7 +202,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     base = {"w_bits": 32.0, "a_bits": 32.0, "group": np.nan, "act_granularity": "per-tensor",
             "enc_w": np.nan, "enc_a": np.nan, "pred_w": np.nan, "pred_a": np.nan,
             "env": "wall", "label": "", "iters": 0, "success": 0.5, "lo": 0.1, "hi": 0.9,
-            "paper": 0.5}
+            "paper": 0.5, "table": 1, "row": 0, "n": 10}
     return pd.DataFrame([{**base, **r} for r in rows])
 
 
@@ -160,26 +224,77 @@ def test_explorer_selection_keeps_the_fp32_reference() -> None:
         {"key": "f", "method": "FP32", "label": "FP32"},
         {"key": "a", "method": "RTN", "w_bits": 4.0, "label": "RTN W4A32 G-"},
         {"key": "b", "method": "OMSE", "w_bits": 8.0, "a_bits": 8.0, "label": "OMSE W8A8"},
+        {"key": "f", "method": "FP32", "label": "FP32", "table": 3},
+        {"key": "c", "method": "RTN", "w_bits": 8.0, "a_bits": 8.0, "label": "RTN W8A8",
+         "table": 3},
     ]))
     assert set(frame["bits"]) == {"W32A32", "W4A32", "W8A8"}
-    picked = select(frame, env="wall", method="RTN")
+    picked = select(frame, env="wall", method="RTN", table=1)
     assert set(picked["key"]) == {"f", "a"}
-    chosen = select(frame, bits="W8A8", granularity="per-channel per-tensor")
+    chosen = select(frame, bits="W8A8", granularity="per-channel per-tensor", table=1)
     assert set(chosen["key"]) == {"f", "b"}
-    assert len(select(frame, env=ANY)) == 3
+    assert len(select(frame, env=ANY)) == 5  # FP32 once per table
+    assert set(select(frame, table=3)["key"]) == {"f", "c"}
     assert select(frame, env="pusht").empty
+    assert options(frame, "method", 3) == [ANY, "RTN"]
 
 
-def test_explorer_builds_headless() -> None:
+def _explorer_frame() -> pd.DataFrame:
+    rows = [{"key": "f", "method": "FP32", "label": "FP32", "row": 0},
+            {"key": "a", "method": "RTN", "w_bits": 4.0, "label": "RTN W4", "row": 1},
+            {"key": "b", "method": "OMSE", "w_bits": 4.0, "label": "OMSE W4", "row": 2},
+            {"key": "f", "method": "FP32", "label": "FP32", "row": 0, "table": 3},
+            {"key": "c", "method": "RTN", "w_bits": 8.0, "a_bits": 8.0, "label": "RTN W8A8",
+             "row": 1, "table": 3}]
+    return _frame([{**r, "iters": k} for r in rows for k in (0, 5)])
+
+
+def test_explorer_views_any_table_and_draws_every_selected_row() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from quantwm.study.explorer import explorer
+    from quantwm.study.explorer import view
+    from quantwm.study.plots import configurations_drawn
 
-    frame = _frame([{"key": "f", "method": "FP32", "label": "FP32"},
-                    {"key": "a", "method": "RTN", "w_bits": 4.0, "label": "RTN W4"}])
-    ui = explorer(frame, show_default=True)
-    assert len(ui.children) == 3
+    frame = with_choices(_explorer_frame())
+    v = view(frame, None, table=1)
+    assert "Table 1" in v.heading and configurations_drawn(v.figure) == 3
+    assert "0.50 [0.10, 0.90]" in v.table.to_html()
+    v = view(frame, None, table=1, method="OMSE")
+    assert set(v.rows["key"]) == {"f", "b"} and configurations_drawn(v.figure) == 2
+    assert set(view(frame, None, table=3).rows["key"]) == {"f", "c"}
+    assert view(frame, None, table=3, method="OMSE") is not None  # FP32 alone remains
+
+
+def test_explorer_builds_headless_and_redraws_into_its_own_output(monkeypatch) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quantwm.study import explorer as ex
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(obj))
+    ui = ex.explorer(_explorer_frame())
+    assert len(ui.children) == 3 and shown[-1] is ui
+    table_dd, method_dd = ui.children[0].children
+    assert table_dd.value == 1 and method_dd.options == (ANY, "OMSE", "RTN")
+    before = len(shown)
+    table_dd.value = 3  # options follow the table; one redraw, figure displayed and closed
+    assert method_dd.options == (ANY, "RTN") and method_dd.value == ANY
+    figures = [o for o in shown[before:] if isinstance(o, matplotlib.figure.Figure)]
+    assert len(figures) == 1 and not plt.fignum_exists(figures[0].number)
+
+
+def test_the_explorer_notebook_is_not_a_batch_report() -> None:
+    from quantwm.study.notebooks import NOTEBOOK_DIR
+    from quantwm.study.notebooks import select as select_notebooks
+
+    assert (NOTEBOOK_DIR / "explorer.ipynb").exists()
+    assert "explorer" not in NOTEBOOKS
+    with pytest.raises(ValueError, match="unknown notebook"):
+        select_notebooks(numbered_notebooks(), ["explorer"])
 
 
 def _record(key: str, method: str, latent: list[list[float]], first: list[int | None]) -> dict:

@@ -1,18 +1,32 @@
-"""An ipywidgets explorer over stored results: env, method, bits, granularity -> table and plot.
+"""An ipywidgets explorer over every stored table: table, method, bits, granularity -> the
+table in the paper's layout and its kit-vs-paper plot.
 
+    from quantwm.study import report
     from quantwm.study.explorer import explorer
-    explorer(frame)          # frame: study_frame(...) rows of one or more tables, concatenated
+    frame = report.stored_frames(range(1, 9), study, store)   # Tables 1-8, nothing is run
+    explorer(frame, store)
 
-Headless (papermill, nbconvert) the widget has no front end to talk to; :func:`explorer` then
-still works and additionally shows the default selection statically, so the rendered report
-is never empty. :func:`select` is the pure filter behind it.
+It lives in ``notebooks/explorer.ipynb``, which the batch report does not execute (an
+interactive tool, not a report). Each change redraws into the widget's own output area with
+``display(fig); plt.close(fig)`` (``plt.show()`` in a widget callback loses the plot now and
+then under the inline backend). No static copy is printed under the widget: a kernel cannot
+tell whether a live front end will render the widget (papermill, nbconvert and JupyterLab look
+the same from inside), so a copy "for headless runs" would also sit, stale, under every live
+widget. The initial selection is drawn into the widget itself; for a static rendering call
+:func:`view` (what the widget draws) and display its parts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import pandas as pd
 
+from quantwm.study.store import ResultStore
+
 ANY = "(any)"
+FILTERS = ("method", "bits", "granularity")
 
 
 def with_choices(frame: pd.DataFrame) -> pd.DataFrame:
@@ -29,15 +43,15 @@ def with_choices(frame: pd.DataFrame) -> pd.DataFrame:
         return f"{group} {act}".strip()
 
     out = frame.copy()
-    out["bits"] = out.apply(bits, axis=1)
-    out["granularity"] = out.apply(gran, axis=1)
+    out["bits"] = out.apply(bits, axis=1) if len(out) else pd.Series(dtype=str)
+    out["granularity"] = out.apply(gran, axis=1) if len(out) else pd.Series(dtype=str)
     return out
 
 
 def select(frame: pd.DataFrame, env: str = ANY, method: str = ANY, bits: str = ANY,
-           granularity: str = ANY) -> pd.DataFrame:
+           granularity: str = ANY, table: int | str = ANY) -> pd.DataFrame:
     """The rows of ``with_choices(frame)`` matching every choice (``ANY`` matches all); FP32
-    rows of the chosen env are always kept as the reference."""
+    rows of the chosen env (and table) are always kept as the reference."""
     f = frame
     keep = pd.Series(True, index=f.index)
     for col, value in (("method", method), ("bits", bits), ("granularity", granularity)):
@@ -46,52 +60,95 @@ def select(frame: pd.DataFrame, env: str = ANY, method: str = ANY, bits: str = A
     keep |= f["method"] == "FP32"
     if env != ANY:
         keep &= f["env"] == env
-    return f[keep].drop_duplicates(["env", "key", "iters"])
+    if table != ANY:
+        keep &= f["table"] == int(table)
+    by = [c for c in ("table", "env", "key", "iters") if c in f]
+    return f[keep].drop_duplicates(by)
 
 
-def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Kit rate [95 % interval] and the paper's rate per configuration and iteration."""
+def options(frame: pd.DataFrame, column: str, table: int | str = ANY) -> list[str]:
+    """``ANY`` and the values of ``column`` among the (non-FP32) rows of ``table``."""
+    f = frame if table == ANY else frame[frame["table"] == int(table)]
+    values = f.loc[f["method"] != "FP32", column].dropna().unique().tolist()
+    return [ANY, *sorted(values)]
+
+
+@dataclass
+class View:
+    """What the explorer draws for one selection: a heading, the styled table, the figure."""
+
+    heading: str
+    table: Any  # pandas Styler of quantwm.study.report.paper_table
+    figure: Any  # matplotlib Figure (close it after showing it)
+    rows: pd.DataFrame  # the selected study-frame rows
+
+
+def view(frame: pd.DataFrame, store: ResultStore | None, table: int, method: str = ANY,
+         bits: str = ANY, granularity: str = ANY) -> View | None:
+    """The explorer's rendering of one selection of ``with_choices(frame)`` (None: no row)."""
+    from quantwm.study import plots, report
+
+    rows = select(frame, method=method, bits=bits, granularity=granularity, table=table)
     if rows.empty:
-        return pd.DataFrame()
-    cells = rows.assign(kit=[f"{s:.2f} [{lo:.2f}, {hi:.2f}]" for s, lo, hi in
-                             zip(rows["success"], rows["lo"], rows["hi"], strict=True)],
-                        paper=rows["paper"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"))
-    wide = cells.pivot_table(index=["env", "label"], columns="iters", values=["kit", "paper"],
-                             aggfunc="first", sort=False)
-    return wide
+        return None
+    chosen = ", ".join(v for v in (method, bits, granularity) if v != ANY) or "every row"
+    heading = report.table_heading(rows, note=chosen)
+    styled = report.style_table(report.paper_table(rows, store))
+    return View(heading, styled, plots.plot_table(rows), rows)
 
 
-def explorer(frame: pd.DataFrame, show_default: bool = True):
-    """Dropdowns (env, method, bits, granularity) driving a table and a success plot."""
+def explorer(frame: pd.DataFrame, store: ResultStore | None = None, table: int | None = None):
+    """Dropdowns (table, method, bits, granularity) driving the paper-layout table and the
+    kit-vs-paper plot of the selection (FP32 stays as the reference). ``store`` gives the
+    paired test against FP32 (None: no p-values). Returns the widget, already displayed."""
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
+    from IPython.display import Markdown, display
 
-    from quantwm.study.plots import plot_success
+    from quantwm.study import plots
 
     frame = with_choices(frame)
+    tables = sorted(int(t) for t in frame["table"].unique()) if len(frame) else []
+    if not tables:
+        display(Markdown("No stored result to explore: run `make report` (or `quantwm sweep`)."))
+        return None
+    names = [(f"Table {t} ({frame.loc[frame['table'] == t, 'env'].iloc[0]})", t)
+             for t in tables]
+    table_dd = widgets.Dropdown(options=names, value=table if table in tables else tables[0],
+                                description="table")
+    filters = {col: widgets.Dropdown(options=options(frame, col, table_dd.value),
+                                     description=col) for col in FILTERS}
+    out = widgets.Output()
+    updating = False
 
-    def options(col: str) -> list[str]:
-        return [ANY, *sorted(frame[col].dropna().unique().tolist())]
-
-    env = widgets.Dropdown(options=options("env"), description="env")
-    method = widgets.Dropdown(options=options("method"), description="method")
-    bits = widgets.Dropdown(options=options("bits"), description="bits")
-    gran = widgets.Dropdown(options=options("granularity"), description="granularity")
-
-    def show(env: str, method: str, bits: str, granularity: str) -> None:
-        rows = select(frame, env, method, bits, granularity)
-        if rows.empty:
-            print("no stored result matches")
+    def render(_change: Any = None) -> None:
+        if updating:
             return
-        display(summary_table(rows))
-        plot_success(rows, title=f"{env} {method} {bits} {granularity}")
-        plt.show()
+        v = view(frame, store, table_dd.value, **{c: d.value for c, d in filters.items()})
+        with out:
+            out.clear_output(wait=True)
+            if v is None:
+                display(Markdown("No stored result matches."))
+                return
+            display(Markdown(v.heading))
+            display(v.table)
+            plots.show(v.figure)
 
-    out = widgets.interactive_output(show, {"env": env, "method": method, "bits": bits,
-                                            "granularity": gran})
-    ui = widgets.VBox([widgets.HBox([env, method]), widgets.HBox([bits, gran]), out])
+    def on_table(_change: Any) -> None:
+        nonlocal updating
+        updating = True
+        try:
+            for col, dd in filters.items():
+                dd.options = options(frame, col, table_dd.value)
+                dd.value = ANY
+        finally:
+            updating = False
+        render()
+
+    table_dd.observe(on_table, names="value")
+    for dd in filters.values():
+        dd.observe(render, names="value")
+    ui = widgets.VBox([widgets.HBox([table_dd, filters["method"]]),
+                       widgets.HBox([filters["bits"], filters["granularity"]]), out])
+    render()
     display(ui)
-    if show_default:  # a static copy for headless runs and rendered HTML
-        show(env.value, method.value, bits.value, gran.value)
     return ui
