@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 from quantwm.study.profiles import STUDY_PROFILES
 from quantwm.utils import REPO_DIR
@@ -22,13 +24,30 @@ def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_notebooks_command(args: argparse.Namespace) -> int:
-    from quantwm.study.notebooks import run_notebooks
+    from quantwm.study.interrupt import interruption
+    from quantwm.study.notebooks import NotebooksFailed, run_notebooks
 
     params: dict[str, object] = {name: _literal(value) for name, value in args.parameter}
     if args.device:
         params["device"] = args.device
-    for result in run_notebooks(args.profile, args.output, args.only, params):
+    failed: NotebooksFailed | None = None
+    try:
+        runs = run_notebooks(args.profile, args.output, args.only, params)
+    except NotebooksFailed as err:  # each failure is already named on stderr
+        runs, failed = err.runs, err
+    except KeyboardInterrupt as err:
+        stop = interruption(err)
+        # the stopped cell's task ends unretrieved: asyncio would log it at exit
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        what = f"quantwm notebooks: interrupted by {stop.signal_name} {stop.detail}".rstrip()
+        print(f"{what}; rerun the same command to run the notebooks again", file=sys.stderr,
+              flush=True)
+        return stop.exit_status
+    for result in runs:
         print(f"{result.name}: {result.seconds:6.1f} s -> {result.html}")
+    if failed is not None:
+        print(f"quantwm notebooks: error: {failed}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -113,8 +132,18 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"{exp.env:<6} {record['label']:<45} {rates}  "
               f"({record['seconds']['total']:.0f} s)", flush=True)
 
-    run_sweep(todo, store, args.device, force=True, on_done=done, workers=args.workers)
-    added = ensure_latent_error(grid, store, args.device)
+    from quantwm.study.interrupt import RESUME_HINT, interruption
+
+    try:
+        run_sweep(todo, store, args.device, force=args.force, on_done=done,
+                  workers=args.workers)
+        added = ensure_latent_error(grid, store, args.device)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: workers stopped, nothing half-written
+        stop = interruption(err)
+        left = len(store.missing(grid))
+        print(f"quantwm sweep: interrupted by {stop.signal_name}: {left} of {len(set(grid))} "
+              f"experiment(s) not stored yet; {RESUME_HINT}", file=sys.stderr, flush=True)
+        return stop.exit_status
     if added:
         print(f"latent error added to {len(added)} stored record(s) that lacked it", flush=True)
     return 0

@@ -8,7 +8,9 @@ with a cell tagged ``parameters`` (papermill's convention) holding at least ``pr
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -64,28 +66,111 @@ def run_notebooks(
     The executed notebook and its HTML are written atomically, so an interrupted batch never
     leaves a half-written report behind; rerunning executes again (the notebooks themselves
     read finished experiments from the result store and only run what is missing).
+
+    A notebook that fails is named in a one-line error on stderr; papermill's partial executed
+    copy (the failing cell's error in it) is kept as ``<name>.failed.ipynb`` and the notebook's
+    reports of an earlier run are removed, so an old report is never taken for a new one. The
+    batch goes on with the other notebooks and then raises :class:`NotebooksFailed`. Ctrl-C or
+    SIGTERM stops the batch with :class:`quantwm.study.interrupt.Interrupted`, whose
+    ``detail`` names the notebook stopped, where its partial copy is, and those not run.
     """
     import papermill
 
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    from quantwm.study.interrupt import Interrupted, interruption, terminate_as_interrupt
+
+    params = {"profile": profile, **(parameters or {})}
+    if params["profile"] not in PROFILES:
+        raise ValueError(f"unknown profile {params['profile']!r}; expected one of {PROFILES}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    params = {"profile": profile, **(parameters or {})}
-    runs = []
-    for source in select(numbered_notebooks(Path(notebook_dir)), only):
+    runs: list[NotebookRun] = []
+    failures: list[NotebookFailure] = []
+    sources = select(numbered_notebooks(Path(notebook_dir)), only)
+    for i, source in enumerate(sources):
         executed = output_dir / source.name
-        start = time.perf_counter()
-        with atomic_path(executed) as tmp:
-            papermill.execute_notebook(
-                str(source), str(tmp), parameters=params, kernel_name=kernel_name,
-                cwd=str(source.parent), log_output=log_output, progress_bar=False,
-                config=_kernel_config(),
-            )
         html = output_dir / f"{source.stem}.html"
+        partial = output_dir / f"{source.stem}.failed.ipynb"
+        start = time.perf_counter()
+        kept = None
+        try:
+            with terminate_as_interrupt() as signals, atomic_path(executed) as tmp:
+                try:
+                    papermill.execute_notebook(
+                        str(source), str(tmp), parameters=params, kernel_name=kernel_name,
+                        cwd=str(source.parent), log_output=log_output, progress_bar=False,
+                        config=_kernel_config(),
+                    )
+                except BaseException as err:
+                    kept = _keep_partial(tmp, partial)
+                    if signals.signum is not None and not isinstance(err, KeyboardInterrupt):
+                        # the kernel's shutdown made the cell fail: the batch was interrupted
+                        raise Interrupted(signals.signum) from None
+                    raise
+        except KeyboardInterrupt as err:
+            stop = interruption(err)
+            rest = [s.stem for s in sources[i + 1:]]
+            stop.detail = (f"while running notebook {source.stem}"
+                           + (f" (partial executed copy: {kept})" if kept else "")
+                           + (f"; not run: {', '.join(rest)}" if rest else ""))
+            raise stop from None
+        except Exception as err:  # a cell raised, the kernel died, ...: report, go on
+            for stale in (executed, html, *(() if kept else (partial,))):
+                stale.unlink(missing_ok=True)
+            failure = NotebookFailure(source.stem, kept, _error_line(err))
+            failures.append(failure)
+            print(f"error: {failure}", file=sys.stderr, flush=True)
+            continue
+        partial.unlink(missing_ok=True)  # of an earlier failed run
         atomic_write_text(html, render_html(executed))
         runs.append(NotebookRun(source.stem, executed, html, time.perf_counter() - start))
+    if failures:
+        raise NotebooksFailed(runs, failures, len(sources))
     return runs
+
+
+@dataclass(frozen=True)
+class NotebookFailure:
+    """A notebook of a batch that failed: its name, its partial executed copy (None when the
+    kernel never ran it) and the error in one line."""
+
+    name: str
+    partial: Path | None
+    error: str
+
+    def __str__(self) -> str:
+        where = (f"partial executed copy: {self.partial}" if self.partial
+                 else "no partial copy (it did not start)")
+        return f"notebook {self.name} failed: {self.error}; {where}"
+
+
+class NotebooksFailed(RuntimeError):
+    """Some notebooks of a batch failed (the others ran): ``runs`` and ``failures``."""
+
+    def __init__(self, runs: list[NotebookRun], failures: list[NotebookFailure],
+                 total: int) -> None:
+        self.runs, self.failures = runs, failures
+        names = ", ".join(f.name for f in failures)
+        super().__init__(f"{len(failures)} of {total} notebook(s) failed: {names} (each "
+                         "named above with its partial executed copy); the others ran")
+
+
+def _keep_partial(tmp: Path, partial: Path) -> Path | None:
+    """Move papermill's partial output ``tmp`` to ``partial``; its path, or None if empty."""
+    if tmp.exists() and tmp.stat().st_size > 0:
+        os.replace(tmp, partial)
+        return partial
+    return None
+
+
+def _error_line(err: BaseException) -> str:
+    """A notebook failure in one line: the cell and the exception for a cell error."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(err, PapermillExecutionError):
+        text = f"cell In [{err.exec_count}] raised {err.ename}: {err.evalue}"
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return " ".join(text.split())[:400]
 
 
 def _kernel_config() -> Any:

@@ -16,7 +16,9 @@ records made before it existed, without planning again.
 
 from __future__ import annotations
 
+import collections
 import functools
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,14 +38,19 @@ CALIBRATION_SEED = 1
 def calibration_data(env: str, profile: str, device: torch.device | str = "cpu",
                      cache_dir: str | Path = CACHE_DIR, episodes: int = 50,
                      model: torch.nn.Module | None = None) -> dict[str, list[torch.Tensor]]:
-    """The recorded encoder/predictor inputs of 2 FP32 MPC rounds (cached on disk)."""
+    """The recorded encoder/predictor inputs of 2 FP32 MPC rounds (cached on disk; a cache
+    that cannot be read is recorded again, with a warning)."""
     from quantwm.data import calibration_episodes
     from quantwm.model import checkpoint_digest, load
     from quantwm.plan import load_calibration, planner_config, record_calibration, save_calibration
 
     path = Path(cache_dir) / f"calibration-{env}-{checkpoint_digest(env)}-{profile}-n{episodes}.pt"
     if path.exists():
-        return load_calibration(path)
+        try:
+            return load_calibration(path)
+        except ValueError as err:  # a damaged cache: record it again (it is deterministic)
+            print(f"warning: {' '.join(str(err).split())}; recording it again", file=sys.stderr,
+                  flush=True)
     model = model if model is not None else load(env, device)
     eps = calibration_episodes(env, n=episodes, seed=CALIBRATION_SEED)
     calib = record_calibration(model, eps, planner_config(env, profile), rounds=2, device=device)
@@ -178,28 +185,155 @@ def run_sweep(experiments: Sequence[Experiment], store: ResultStore,
     processes, splitting the machine's torch threads between them. Every experiment is seeded
     on its own, so the outcomes do not depend on the order; a different thread count changes
     float reductions in the last bits (recorded as ``provenance.torch_threads``).
+
+    Robustness: a corrupt stored result is set aside and run again; temporary files killed
+    writers left are removed. Each experiment is claimed while it runs
+    (:meth:`ResultStore.claim`), so two sweeps on one store share the work: one skips what the
+    other is running (said on stderr; it looks again once before it ends). Ctrl-C or SIGTERM
+    stops the sweep at once: the experiments not started are dropped, running workers are
+    terminated (nothing half-written) and :class:`quantwm.study.interrupt.Interrupted` (a
+    ``KeyboardInterrupt``) is raised. Workers end by themselves, writing nothing, if the
+    sweep's process dies (even by SIGKILL).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    todo = list(dict.fromkeys(experiments)) if force else store.missing(list(experiments))
-    if workers == 1 or len(todo) <= 1:
-        for exp in todo:
-            record = run_experiment(exp, store, device, cache_dir, **quant_options)
-            if on_done:
-                on_done(exp, record)
-        return todo
+    from quantwm.study.interrupt import terminate_as_interrupt
 
+    store.remove_stale_files()
+    todo = (list(dict.fromkeys(experiments)) if force
+            else store.missing(list(experiments), set_aside=True))
+    queue = _ClaimQueue(todo, store, force)
+    with terminate_as_interrupt():
+        if workers == 1 or len(todo) <= 1:
+            ran = _run_serial(queue, store, device, on_done, cache_dir, quant_options)
+        else:
+            ran = _run_parallel(queue, store, device, on_done, cache_dir, workers, quant_options)
+    for exp in queue.skipped:
+        print(f"skipped {exp.key()}: another sweep is running it ({store.claim_holder(exp)}); "
+              "its result will be in this store", file=sys.stderr, flush=True)
+    return ran
+
+
+class _ClaimQueue:
+    """The experiments of a sweep in order, each handed out with its claim held. One claimed by
+    another process is put off, and tried once more when the rest is done."""
+
+    def __init__(self, todo: Sequence[Experiment], store: ResultStore, force: bool) -> None:
+        self.pending = collections.deque(todo)
+        self.store = store
+        self.force = force
+        self.deferred: list[Experiment] = []
+        self.skipped: list[Experiment] = []
+        self.second_pass = False
+
+    def next(self) -> tuple[Experiment, Any] | None:
+        while True:
+            if not self.pending:
+                if self.second_pass or not self.deferred:
+                    return None
+                self.pending.extend(self.deferred)
+                self.deferred.clear()
+                self.second_pass = True
+            exp = self.pending.popleft()
+            claim = self.store.claim(exp)
+            if claim is None:
+                (self.skipped if self.second_pass else self.deferred).append(exp)
+                continue
+            if not self.force and self.store.has(exp):  # another sweep finished it meanwhile
+                claim.release()
+                continue
+            return exp, claim
+
+
+def _run_serial(queue: _ClaimQueue, store: ResultStore, device: torch.device | str,
+                on_done: Callable[[Experiment, dict[str, Any]], None] | None,
+                cache_dir: str | Path, quant_options: dict[str, Any]) -> list[Experiment]:
+    ran = []
+    while (item := queue.next()) is not None:
+        exp, claim = item
+        with claim:
+            record = run_experiment(exp, store, device, cache_dir, **quant_options)
+        ran.append(exp)
+        if on_done:
+            on_done(exp, record)
+    return ran
+
+
+def _run_parallel(queue: _ClaimQueue, store: ResultStore, device: torch.device | str,
+                  on_done: Callable[[Experiment, dict[str, Any]], None] | None,
+                  cache_dir: str | Path, workers: int, quant_options: dict[str, Any]
+                  ) -> list[Experiment]:
+    """At most ``workers`` experiments at a time in spawned processes, each claimed when it
+    starts. A failed experiment lets the running ones finish (their results are kept) and then
+    raises; an interrupt terminates the workers at once."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from quantwm.study.interrupt import init_worker, signals_blocked
 
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(run_experiment, exp, store, str(device), cache_dir,
-                               **quant_options): exp for exp in todo}
-        for future in as_completed(futures):
-            record = future.result()
-            if on_done:
-                on_done(futures[future], record)
-    return todo
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
+                               initargs=(os.getpid(), threads))
+    running: dict[Any, tuple[Experiment, Any]] = {}
+    ran: list[Experiment] = []
+    try:
+        try:
+            while True:
+                while len(running) < workers and (item := queue.next()) is not None:
+                    exp, claim = item
+                    try:
+                        with signals_blocked():  # a worker starts with Ctrl-C held back
+                            future = pool.submit(_work, exp, store, str(device), cache_dir,
+                                                 quant_options)
+                    except BaseException:
+                        claim.release()
+                        raise
+                    running[future] = (exp, claim)
+                if not running:
+                    break
+                done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    exp, claim = running.pop(future)
+                    claim.release()
+                    record = future.result()
+                    ran.append(exp)
+                    if on_done:
+                        on_done(exp, record)
+        except Exception:
+            wait(running)  # the others finish and keep their results; then the error
+            raise
+    finally:
+        if any(not f.done() for f in running):
+            _terminate_workers(pool)
+        for _, claim in running.values():
+            claim.release()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return ran
+
+
+def _work(experiment: Experiment, store: ResultStore, device: str, cache_dir: str | Path,
+          quant_options: dict[str, Any]) -> dict[str, Any]:
+    """A worker's job: run the experiment and store it, unless the sweep has died meanwhile."""
+    from quantwm.study.interrupt import ORPHAN_EXIT_STATUS, exit_now, parent_alive
+
+    record = run_experiment(experiment, None, device, cache_dir, **quant_options)
+    if not parent_alive():
+        exit_now(ORPHAN_EXIT_STATUS)
+    store.write(experiment, record)  # as run_experiment(experiment, store) writes it
+    return record
+
+
+def _terminate_workers(pool: Any, grace_s: float = 5.0) -> None:
+    """SIGTERM every worker process of ``pool``, SIGKILL those alive after ``grace_s``."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
