@@ -20,6 +20,8 @@ import os
 import sys
 import time
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,11 +138,16 @@ class Trajectories:
         path = Path(path)
         if not path.exists():
             raise ValueError(f"no trajectory file at {path}; make one with `quantwm data make`")
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            params = {k[len("param_") :]: z[k] for k in z.files if k.startswith("param_")}
-            env_name = meta.pop("env_name")
-            return cls(env_name, z["states"], z["actions"], params, z["split"], meta)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                params = {k[len("param_") :]: z[k] for k in z.files if k.startswith("param_")}
+                env_name = meta.pop("env_name")
+                return cls(env_name, z["states"], z["actions"], params, z["split"], meta)
+        except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError,
+                zipfile.BadZipFile, zlib.error) as err:  # truncated, corrupt or not ours
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise ValueError(f"cannot read trajectory file {path}: {reason}") from None
 
 
 def _round32(x: np.ndarray) -> np.ndarray:
@@ -290,7 +297,10 @@ def _with_shipped_extensions(env_name: str, base: Trajectories) -> Trajectories:
     key = hashlib.sha1(json.dumps([base.meta, todo], sort_keys=True).encode()).hexdigest()[:10]
     cache = DATA_DIR / "cache" / f"{env_name}-trajectories-{key}.npz"
     if cache.exists():
-        return Trajectories.load(cache)
+        try:
+            return Trajectories.load(cache)
+        except ValueError as err:  # a damaged cache: what it held can be generated again
+            print(f"warning: {err}; generating it again", file=sys.stderr, flush=True)
     print(f"{env_name}: generating the shipped dataset's extensions once -> {cache}",
           file=sys.stderr)
     traj = base

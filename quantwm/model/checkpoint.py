@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ def checkpoint_digest(env_or_path: str | os.PathLike) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no world-model checkpoint at {path}; "
                                 f"make it with `quantwm train --env {env_or_path}`")
+    if path.is_dir():
+        raise ValueError(f"world-model checkpoint {path} is a directory, not a file")
     stat = path.stat()
     return _digest(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
@@ -70,25 +73,81 @@ def save(model: WorldModel, path: str | os.PathLike, *, parts: Sequence[str] | N
     return path
 
 
-def load(path_or_env: str | os.PathLike, device: torch.device | str = "cpu") -> WorldModel:
+def load(path_or_env: str | os.PathLike, device: torch.device | str = "cpu", *,
+         env: str | None = None) -> WorldModel:
     """Load a world model (in eval mode, on ``device``) from a path or an env name.
 
-    The training metadata is on ``model.meta``.
+    The training metadata is on ``model.meta``. With ``env`` the file must be a whole world
+    model of that environment (for planning): a stage-1 checkpoint (encoder and decoder only,
+    the rest would be random) or another environment's model is refused before any data is
+    loaded. A file that is not a checkpoint fails with a one-line ``ValueError`` naming it.
     """
     path = checkpoint_path(path_or_env)
     if not path.exists():
-        env = str(path_or_env).lower() if str(path_or_env).lower() in ENV_NAMES else "<env>"
+        env_name = str(path_or_env).lower() if str(path_or_env).lower() in ENV_NAMES else "<env>"
         raise FileNotFoundError(
             f"no world-model checkpoint at {path}; make it with "
-            f"`quantwm train --env {env} --out {path}`")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    model = WorldModel(WorldModelConfig(**payload["config"]))
+            f"`quantwm train --env {env_name} --out {path}`")
+    payload = load_torch_file(path, "world-model checkpoint")
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict) \
+            or not isinstance(payload.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a world-model checkpoint: it lacks the config and "
+                         "state_dict that `quantwm train` saves")
     meta = payload.get("meta", {})
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    meta = meta if isinstance(meta, dict) else {}
+    try:
+        config = WorldModelConfig(**payload["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} has a config this kit cannot build: "
+                         f"{' '.join(str(err).split())}") from None
     parts = meta.get("parts")
+    if env is not None:
+        if parts is not None:
+            raise ValueError(f"checkpoint {path} holds only the {' and '.join(parts)} (a "
+                             f"stage-1 checkpoint), not a world model to plan {env} with; give "
+                             f"a `quantwm train --env {env}` checkpoint")
+        if config.env != env:
+            raise ValueError(f"checkpoint {path} is a {config.env} world model, not a {env} "
+                             f"one; give a `quantwm train --env {env}` checkpoint")
+    model = WorldModel(config)
+    try:
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    except RuntimeError as err:  # size mismatch: what the message lists is of no use here
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ValueError(f"checkpoint {path} does not match its own config: {first}") from None
     missing = [k for k in missing if parts is None or k.split(".")[0] in parts]
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, "
                          f"unexpected {unexpected}")
     model.meta = meta
     return model.to(device).eval()
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with a one-line ``ValueError`` naming
+    ``path`` (and saying what it should be) when it cannot be read: a directory, an empty,
+    truncated or random file, or one holding Python objects besides tensors and plain values
+    (never loaded: no code from a file runs)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory, not a file")
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {path} is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Unsupported global" in text:
+            name = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "an object"
+            reason = (f"it holds Python objects ({name}) besides tensors and plain values, "
+                      "which this kit never loads")
+        else:
+            reason = "not a torch file (corrupt, or another format)"
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
+            UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first.split(". ")[0]  # torch's first sentence, without its advice
+        reason = f"truncated or corrupt ({first})"
+    raise ValueError(f"cannot read {what} {path}: {reason}")

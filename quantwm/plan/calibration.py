@@ -106,7 +106,15 @@ def save_calibration(calibration: dict[str, list[Tensor]], path: str | os.PathLi
 
 
 def load_calibration(path: str | os.PathLike) -> dict[str, list[Tensor]]:
-    data = torch.load(path, weights_only=True, map_location="cpu")
+    """A calibration set written by ``save_calibration``; a one-line ``ValueError`` naming the
+    file when it cannot be read or is not one (``torch.load(weights_only=True)``)."""
+    from quantwm.model.checkpoint import load_torch_file
+
+    data = load_torch_file(path, "calibration file")
     if not isinstance(data, dict) or not set(PARTS) <= set(data):
         raise ValueError(f"{path} is not a calibration file (needs keys {PARTS})")
+    for part in PARTS:
+        if not isinstance(data[part], list | tuple) or not all(
+                isinstance(t, Tensor) for t in data[part]):
+            raise ValueError(f"calibration file {path}: {part!r} is not a list of tensors")
     return {part: list(data[part]) for part in data}
