@@ -88,6 +88,7 @@ batches), write an atomic training state every ``ckpt_minutes`` and can resume f
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -102,8 +103,11 @@ import torch.nn.functional as F
 from torch.optim import swa_utils
 from tqdm.auto import tqdm
 
+from quantwm.model.checkpoint import CHECKPOINT_DIR, load_torch_file
 from quantwm.model.world_model import WorldModel, _tile
-from quantwm.utils import atomic_path
+from quantwm.utils import DATA_DIR, ENV_NAMES, atomic_path
+
+STATE_DIR = DATA_DIR / "runs" / "train"  # training states for resuming
 
 
 class FrameSource(Protocol):
@@ -192,15 +196,44 @@ def _save_state(path: Path, **state: Any) -> None:
         torch.save(state, tmp)
 
 
+def resume_state_path(out: str | os.PathLike, state_dir: str | os.PathLike = STATE_DIR) -> Path:
+    """The training-state file of the run that writes the checkpoint ``out``.
+
+    One per output file, so that ``--resume --out B`` continues run B whatever other runs did
+    meanwhile, and starting run B never overwrites run A's state. The shipped checkpoints
+    ``data/checkpoints/{wall,pusht,encoder}.pt`` keep their states' names
+    (``<name>.state.pt``); any other output gets ``<stem>-<SHA-1 of its absolute path>.state.pt``.
+    """
+    out = Path(out).expanduser().resolve()
+    if out.parent == CHECKPOINT_DIR.resolve() and out.suffix == ".pt" \
+            and out.stem in (*ENV_NAMES, "encoder"):
+        return Path(state_dir) / f"{out.stem}.state.pt"
+    digest = hashlib.sha1(str(out).encode()).hexdigest()[:10]
+    return Path(state_dir) / f"{out.stem}-{digest}.state.pt"
+
+
 def _load_state(path: Path) -> dict[str, Any] | None:
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    if not path.exists():
+        return None
+    state = load_torch_file(path, "training state")
+    if not isinstance(state, dict) or not {"model", "optimizer", "step"} <= set(state):
+        raise ValueError(f"{path} is not a training state (needs model, optimizer and step); "
+                         "delete it or train without --resume")
+    return state
 
 
 def _resume(state_path: Path | None, resume: bool, model: WorldModel,
             opt: torch.optim.Optimizer, ema: swa_utils.AveragedModel | None = None
             ) -> tuple[int, float, list]:
     """Restore model, optimizer (and weight average) from a training state file:
-    (step, seconds, history)."""
+    (step, seconds, history). Asked to resume without a state, it says so and starts at step 0;
+    a fresh run says when it replaces an earlier run's state."""
+    if state_path is not None and not resume and state_path.exists():
+        print(f"note: starting afresh; the training state {state_path} of an earlier run of "
+              "this output is replaced (--resume continues it)", file=sys.stderr, flush=True)
+    if resume and state_path is not None and not state_path.exists():
+        print(f"note: no training state at {state_path} to resume: starting at step 0",
+              file=sys.stderr, flush=True)
     if resume and state_path is not None and (state := _load_state(state_path)) is not None:
         saved, current = state.get("config"), model.config.to_dict()
         if saved is not None and saved != current:
