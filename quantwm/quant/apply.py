@@ -27,7 +27,14 @@ import torch
 from torch import nn
 
 from quantwm.quant import awq, omniquant, omse, rtn, smoothquant
-from quantwm.quant.blocks import DINO_WM_LAYOUT, BlockLayout, find_blocks, join, set_submodule
+from quantwm.quant.blocks import (
+    DINO_WM_LAYOUT,
+    BlockLayout,
+    find_blocks,
+    join,
+    run_part,
+    set_submodule,
+)
 from quantwm.quant.config import QuantConfig
 from quantwm.quant.context import MethodResult, PartContext, WeightPlan
 from quantwm.quant.linear import ActQuantizer, QuantLinear
@@ -82,16 +89,16 @@ def quantize(
     config.validate()
     qmodel = copy.deepcopy(model).eval()
     report = QuantReport(config)
-    for role, path in config.parts.items():
+    roles = {role: path for role, path in config.parts.items() if not config.bits(role).is_float}
+    inputs = {role: _calibration_for(role, config, calibration, _get_part(qmodel, role, path))
+              for role, path in roles.items()}  # every part's, before any part is quantized
+    for role, path in roles.items():
         bits = config.bits(role)
-        if bits.is_float:
-            continue
         part = _get_part(qmodel, role, path)
         blocks = find_blocks(part, layout)
         if not blocks:
             raise ValueError(f"part {role!r} ({path!r}) has no blocks with the layout {layout}")
-        inputs = _calibration_for(role, config, calibration)
-        ctx = PartContext(part, blocks, layout, inputs, bits, config)
+        ctx = PartContext(part, blocks, layout, inputs[role], bits, config)
         t0 = time.perf_counter()
         with torch.no_grad():
             result = METHOD_RUNNERS[config.method](ctx)
@@ -111,8 +118,12 @@ def _get_part(model: nn.Module, role: str, path: str) -> nn.Module:
 
 
 def _calibration_for(
-    role: str, config: QuantConfig, calibration: Mapping[str, Sequence[torch.Tensor]] | None
+    role: str, config: QuantConfig, calibration: Mapping[str, Sequence[torch.Tensor]] | None,
+    part: nn.Module | None = None,
 ) -> list[torch.Tensor]:
+    """The calibration inputs of ``role``, checked before any work: tensors with rows, finite
+    values, and (given ``part``) a shape the part takes (one row of each distinct shape is run
+    through it). Each failure is a one-line ``ValueError`` naming the tensor."""
     inputs = list((calibration or {}).get(role, []))
     static_acts = config.bits(role).a < 16 and config.act_granularity == "per_tensor"
     needs = config.method not in DATA_FREE_METHODS or static_acts
@@ -121,9 +132,27 @@ def _calibration_for(
             f"method {config.method!r} with {role} {config.bits(role).label()} needs calibration "
             f"inputs: pass calibration={{{role!r}: [tensor, ...]}}"
         )
+    tried: set[tuple[int, ...]] = set()
     for i, x in enumerate(inputs):
+        name = f"calibration[{role!r}][{i}]"
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"calibration[{role!r}][{i}] must be a tensor, got {type(x)}")
+            raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"{name} has no rows (shape {tuple(x.shape)}); every calibration "
+                             "tensor needs at least one input row along dim 0")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf) of "
+                             f"{x.numel()}; calibrate on finite inputs")
+        if part is not None and tuple(x.shape[1:]) not in tried:
+            tried.add(tuple(x.shape[1:]))
+            try:
+                with torch.no_grad():
+                    run_part(part, x[:1])
+            except Exception as err:  # whatever the part raises: the shape does not fit
+                reason = " ".join(str(err).split())[:200] or type(err).__name__
+                raise ValueError(f"{name} of shape {tuple(x.shape)} does not fit the {role} "
+                                 f"({config.parts[role]!r}): {reason}") from None
     return inputs
 
 

@@ -20,6 +20,8 @@ activation quantization). "Not allowed" means: ``a_bits`` must be >= 16 (float) 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -159,27 +161,38 @@ class QuantConfig:
                 )
 
     def _validate_options(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
+        alpha = _real(self.alpha, "alpha")
+        if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        lo, hi, n = self.omse_grid
-        if not (0.0 < lo <= hi <= 1.0) or not isinstance(n, int) or n < 1:
+        grid = self.omse_grid
+        if not isinstance(grid, tuple | list) or len(grid) != 3 or not all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in grid):
+            ok = False
+        else:
+            lo, hi, n = grid
+            ok = 0.0 < lo <= hi <= 1.0 and isinstance(n, numbers.Integral) and n >= 1
+        if not ok:
             raise ValueError(
                 f"omse_grid must be (r_min, r_max, points) with 0 < r_min <= r_max <= 1 and "
                 f"points >= 1, got {self.omse_grid!r}"
             )
         _positive_int(self.awq_grid, "awq_grid")
         _positive_int(self.awq_clip_grid, "awq_clip_grid")
-        if not 0.0 <= self.awq_max_shrink < 1.0:
+        if not 0.0 <= _real(self.awq_max_shrink, "awq_max_shrink") < 1.0:
             raise ValueError(f"awq_max_shrink must be in [0, 1), got {self.awq_max_shrink!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {self.epochs!r}")
         for name in ("lr_lwc", "lr_let"):
-            if not getattr(self, name) > 0:
+            if not _real(getattr(self, name), name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.omni_let is not None and not isinstance(self.omni_let, bool):
+            raise ValueError(f"omni_let must be True, False or None, got {self.omni_let!r}")
         _positive_int(self.search_rows, "search_rows")
         _positive_int(self.batch_size, "batch_size")
         if self.calib_rows is not None:
             _positive_int(self.calib_rows, "calib_rows")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
     def _validate_parts(self) -> None:
         if not isinstance(self.parts, dict) or not set(self.parts) <= set(ROLES):
@@ -203,6 +216,15 @@ def _bits(value: Bits | tuple[int, int], role: str) -> Bits:
         raise ValueError(f"{role} must be (w_bits, a_bits), got {value!r}")
     w, a = value
     return Bits(check_bits(w, f"{role} w_bits"), check_bits(a, f"{role} a_bits"))
+
+
+def _real(value: object, name: str) -> float:
+    """``value`` as a finite float, or a ValueError naming ``name`` (strings and bools are not
+    numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _positive_int(value: int, name: str) -> None:
