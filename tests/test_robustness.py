@@ -473,6 +473,20 @@ def test_unreadable_checkpoints_are_one_line_errors_naming_the_file(tmp_path, ca
         assert out == "", what
 
 
+def test_random_bytes_of_any_kind_are_a_one_line_error(tmp_path) -> None:
+    """Random bytes make torch raise anything (UnpicklingError, IndexError, KeyError,
+    UnicodeDecodeError, ...): always the same clear ValueError."""
+    from quantwm.model.checkpoint import load_torch_file
+
+    path = tmp_path / "random.pt"
+    for seed in range(40):
+        path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8,
+                                       generator=torch.Generator().manual_seed(seed)).numpy()
+                         .tobytes())
+        with pytest.raises(ValueError, match=f"cannot read file {path}: not a torch file"):
+            load_torch_file(path)
+
+
 @needs_wall
 def test_a_checkpoint_of_the_wrong_kind_is_refused_before_any_data(tmp_path) -> None:
     from quantwm.model import CHECKPOINT_DIR, load

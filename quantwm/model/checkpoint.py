@@ -10,6 +10,7 @@ import functools
 import hashlib
 import os
 import pickle
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,16 +139,21 @@ def load_torch_file(path: str | os.PathLike, what: str = "file") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        text = str(err)
-        if "Unsupported global" in text:
-            name = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "an object"
-            reason = (f"it holds Python objects ({name}) besides tensors and plain values, "
-                      "which this kit never loads")
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:
+            reason = (f"it holds Python objects ({found.group(1)}) besides tensors and plain "
+                      "values, which this kit never loads")
         else:
             reason = "not a torch file (corrupt, or another format)"
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
-            UnicodeDecodeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        first = first.split(". ")[0]  # torch's first sentence, without its advice
-        reason = f"truncated or corrupt ({first})"
+    except EOFError:
+        reason = "truncated (it ends early)"
+    except RuntimeError as err:
+        text = str(err).strip()
+        if "zip archive" in text or "PytorchStreamReader" in text:
+            first = text.splitlines()[0].split(". ")[0]  # torch's first sentence, not its advice
+            reason = f"truncated or corrupt ({first})"
+        else:
+            reason = "not a torch file (corrupt, or another format)"
+    except Exception:  # random bytes fail as anything: IndexError, KeyError, UnicodeDecodeError
+        reason = "not a torch file (corrupt, or another format)"
     raise ValueError(f"cannot read {what} {path}: {reason}")
