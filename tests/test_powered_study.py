@@ -268,3 +268,18 @@ def test_records_frame_matches_the_paper_tables_frame(smoke_store) -> None:
     pd_equal = theirs[cols].reset_index(drop=True).equals(ours[cols].reset_index(drop=True))
     assert pd_equal, (theirs[cols], ours[cols])
 
+
+
+def test_summary_judges_every_test_the_store_can(smoke_store) -> None:
+    from quantwm.study.summary import summary_table
+
+    store, _ = smoke_store
+    only = ("smoke",)
+    t = summary_table(store, {"success": only, "latent": only, "alignment": only},
+                      n_resamples=199)
+    assert set(t["verdict"]) <= {"agrees", "disagrees", "cannot tell"}
+    assert ("FP32", "wall") in set(zip(t["test"], t["env"], strict=True))
+    v = t[t["insight"] == "V"]
+    assert set(v["test"]) == {"V-objective", "V-alignment"} and (v["profile"] == "smoke").all()
+    assert t["why the kit may differ"].notna().all()
+    assert summary_table(ResultStore(store.root.parent / "empty")).empty

@@ -325,3 +325,10 @@ def test_latent_error_is_compared_over_the_same_segments() -> None:
         analysis.latent_error_test(q, fp, step=7)
     with pytest.raises(ValueError, match="no latent_error"):
         analysis.latent_error_test({"key": "old"}, fp)
+
+
+def test_mde_is_defined_from_two_units() -> None:
+    from quantwm.study.stats import minimum_detectable_effect
+
+    two, three = minimum_detectable_effect(1.0, 2), minimum_detectable_effect(1.0, 3)
+    assert math.isfinite(two) and two > three > 0

@@ -349,7 +349,8 @@ def insight_result(test: InsightTest, frame: pd.DataFrame, store: ResultStore, e
             return None
         out = family_outcomes(store, keys, iters)
         at = _paper_at(sub, iters)
-        paper = float(np.mean([at.get(k, np.nan) for k in keys]))
+        values = [at.get(k, np.nan) for k in keys]  # rows outside the paper's tables: NaN
+        paper = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         count, unit = len(keys), "configurations"
         if test.claim.kind == "equal":
             if np.isnan(paper):

@@ -101,7 +101,9 @@ def _mde_per_sd(n: int, alpha: float, power: float) -> float:
     crit = stats.t.ppf(1 - alpha / 2, df)
 
     def shortfall(nc: float) -> float:
-        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)) - power
+        # the lower tail vanishes for a large noncentrality (scipy returns NaN there at df = 1)
+        lower = float(stats.nct.cdf(-crit, df, nc))
+        return float(stats.nct.sf(crit, df, nc)) + (0.0 if math.isnan(lower) else lower) - power
 
     hi = 1.0
     while shortfall(hi) < 0:
