@@ -58,13 +58,15 @@ class SignalLog:
 def terminate_as_interrupt() -> Iterator[SignalLog]:
     """While the block runs, SIGTERM (like SIGINT) raises :class:`Interrupted` in the main
     thread instead of ending the process at once, and the yielded :class:`SignalLog` records
-    which arrived (code that catches the exception cannot hide the interruption). Outside the
-    main thread, where Python cannot set handlers, nothing changes."""
+    which arrived (code that catches the exception cannot hide the interruption). A signal the
+    process ignores (``nohup``, a background job) stays ignored; outside the main thread, where
+    Python cannot set handlers, nothing changes."""
     log = SignalLog()
     if threading.current_thread() is not threading.main_thread():
         yield log
         return
-    previous = {sig: signal.signal(sig, log._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, log._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield log
     finally:

@@ -278,6 +278,7 @@ def _run_parallel(queue: _ClaimQueue, store: ResultStore, device: torch.device |
                                initargs=(os.getpid(), threads))
     running: dict[Any, tuple[Experiment, Any]] = {}
     ran: list[Experiment] = []
+    completed = False
     try:
         try:
             while True:
@@ -304,8 +305,9 @@ def _run_parallel(queue: _ClaimQueue, store: ResultStore, device: torch.device |
         except Exception:
             wait(running)  # the others finish and keep their results; then the error
             raise
+        completed = True
     finally:
-        if any(not f.done() for f in running):
+        if not completed:  # interrupted (or failed): no worker may go on with anything
             _terminate_workers(pool)
         for _, claim in running.values():
             claim.release()
