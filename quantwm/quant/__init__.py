@@ -5,6 +5,7 @@ Public API::
     QuantConfig(method, encoder=(w, a), predictor=(w, a), w_group_size, act_granularity, ...)
     quantize(model, config, calibration) -> quantized copy (with .quant_report)
     model_size_bits(model) -> SizeReport
+    lower(quantized_model) -> copy on integer kernels (quantwm.quant.lower); weight_bytes(model)
 
 plus the primitives (``choose_qparams``, ``quantize_tensor``, ``dequantize``,
 ``fake_quantize``), :class:`QuantLinear`, :class:`ActQuantizer`, the block walker
@@ -22,6 +23,15 @@ from quantwm.quant.config import (
     QuantConfig,
 )
 from quantwm.quant.linear import ActQuantizer, QuantLinear
+from quantwm.quant.lower import (
+    Int8Linear,
+    LoweredLinear,
+    PackedLinear,
+    WeightBytes,
+    config_kinds,
+    lower,
+    weight_bytes,
+)
 from quantwm.quant.observers import ActObserver
 from quantwm.quant.primitives import (
     QParams,
@@ -41,4 +51,7 @@ __all__ = [
     "QuantReport", "SizeReport", "check_bits", "choose_qparams", "dequantize", "fake_quantize",
     "find_blocks", "fold_into_norm", "group_counts", "model_size_bits", "quantize",
     "quantize_tensor", "smooth_scale",
+    # quantwm.quant.lower
+    "Int8Linear", "LoweredLinear", "PackedLinear", "WeightBytes", "config_kinds", "lower",
+    "weight_bytes",
 ]
