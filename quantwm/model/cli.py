@@ -185,14 +185,14 @@ def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None
                   device: str = "cpu", resume: bool = False, **kw: Any) -> WorldModel:
     """Stage 1 on the training frames of both environments; saves to ``path``."""
     from quantwm.model.sources import EnvFrames, load_trajectories
-    from quantwm.model.train import pretrain_encoder
+    from quantwm.model.train import pretrain_encoder, resume_state_path
 
     seed_everything(seed)
     model = WorldModel(WorldModelConfig.for_env("wall"))
     sources = {env: EnvFrames(env, load_trajectories(env), "train", model.config.img_size)
                for env in ENV_NAMES}
     summary = pretrain_encoder(model, sources, minutes=minutes, max_steps=steps, seed=seed,
-                               device=device, state_path=STATE_DIR / "encoder.state.pt",
+                               device=device, state_path=resume_state_path(path, STATE_DIR),
                                resume=resume, **_overrides(**kw))
     save(model, path, parts=("encoder", "decoder"), stage="encoder", seed=seed,
          training=summary)
@@ -229,6 +229,7 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     from quantwm.model.train import (
         dataset_stats,
         freeze_encoder,
+        resume_state_path,
         set_latent_standardization,
         train_dynamics,
     )
@@ -269,7 +270,7 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
         print(f"{env}: latents would take {gib:.2f} GiB > --latent-cache-gib "
               f"{latent_cache_gib:.1f}: encoding every batch instead")
     summary = train_dynamics(model, train_set, val_set, minutes=minutes, max_steps=steps,
-                             seed=seed, device=device, state_path=STATE_DIR / f"{env}.state.pt",
+                             seed=seed, device=device, state_path=resume_state_path(out, STATE_DIR),
                              resume=resume, **_overrides(**kw))
     encoder_meta = copy.deepcopy(pretrained.meta)
     encoder_meta.get("training", {}).pop("history", None)
