@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PROFILE ?= quick
 DEVICE  ?=
+ARGS    ?=
 
 .PHONY: install test lint report clean
 
@@ -24,7 +25,7 @@ lint: install
 	$(BIN)/ruff check quantwm tests benchmarks
 
 report: install
-	$(BIN)/quantwm notebooks --profile $(PROFILE) $(if $(DEVICE),--device $(DEVICE))
+	$(BIN)/quantwm notebooks --profile $(PROFILE) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -283,3 +283,13 @@ def test_summary_judges_every_test_the_store_can(smoke_store) -> None:
     assert set(v["test"]) == {"V-objective", "V-alignment"} and (v["profile"] == "smoke").all()
     assert t["why the kit may differ"].notna().all()
     assert summary_table(ResultStore(store.root.parent / "empty")).empty
+
+
+def test_readme_results_at_a_glance_are_in_step_with_the_store() -> None:
+    """README.md's generated block is what `python -m quantwm.study.summary` makes of the
+    committed results (rerun it after committing results)."""
+    from quantwm.study.summary import update_readme
+    from quantwm.utils import REPO_DIR
+
+    assert update_readme(str(REPO_DIR / "README.md"), ResultStore(), check=True), (
+        "README.md's results at a glance are stale: run python -m quantwm.study.summary")

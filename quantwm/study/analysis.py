@@ -12,7 +12,6 @@ notebooks only choose parameters, call these functions and show what they return
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,8 @@ from quantwm.study.stats import (
     Pairs,
     episode_test,
     judge,
-    mcnemar_exact,
     paired_test,
     proportion_test,
-    spearman,
     wilson_interval,
 )
 from quantwm.study.store import ResultStore
@@ -123,10 +120,7 @@ def study_frame(table: int, experiments: Sequence[Experiment], store: ResultStor
 
 def episode_outcomes(store: ResultStore, key: str, iters: int) -> np.ndarray:
     """(episodes,) bool: success within rounds 0..iters of the stored experiment ``key``."""
-    env = key.split("-")[0]
-    import json
-
-    rec = json.loads((store.root / env / f"{key}.json").read_text())
+    rec = store.read_key(key)
     return success_matrix(rec["episodes"]["first_success_round"], [iters])[:, 0]
 
 
@@ -160,45 +154,6 @@ def table_rows(experiments: Sequence[Experiment], store: ResultStore) -> list[di
 
 
 # ------------------------------------------------------------- families and paired tests
-@dataclass(frozen=True)
-class PairedComparison:
-    """Pooled paired comparison of configurations B against A (same episodes).
-
-    Descriptive only: pooling treats the same episodes under different configuration pairs as
-    independent, so its p-value is far too small. The verdicts use episode-level tests
-    (:func:`quantwm.study.stats.paired_test` via :func:`insight_table`).
-    """
-
-    pairs: int  # configuration pairs compared
-    episodes: int  # pooled episode pairs
-    rate_a: float
-    rate_b: float
-    wins_b: int  # configuration pairs where B's rate is higher
-    losses_b: int  # ... lower
-    p_value: float  # exact McNemar on the pooled episode pairs (not episode-level)
-
-    @property
-    def diff(self) -> float:
-        return self.rate_b - self.rate_a
-
-    @property
-    def significant(self) -> bool:
-        return self.p_value < 0.05
-
-
-def paired_comparison(outcomes: Sequence[tuple[np.ndarray, np.ndarray]]) -> PairedComparison:
-    """Pool paired boolean outcomes ``(a, b)`` of several configuration pairs (descriptive; see
-    :class:`PairedComparison`). Raises ``ValueError`` when no pair is given."""
-    if not outcomes:
-        raise ValueError("no configuration pairs to compare")
-    a = np.concatenate([np.asarray(x, dtype=bool) for x, _ in outcomes])
-    b = np.concatenate([np.asarray(y, dtype=bool) for _, y in outcomes])
-    wins = sum(int(np.mean(y) > np.mean(x)) for x, y in outcomes)
-    losses = sum(int(np.mean(y) < np.mean(x)) for x, y in outcomes)
-    return PairedComparison(len(outcomes), len(a), float(a.mean()), float(b.mean()), wins, losses,
-                            mcnemar_exact(a, b))
-
-
 def _is(series: pd.Series, value: Any) -> pd.Series:
     return series.isna() if value is None else series == value
 
@@ -277,11 +232,7 @@ def paper_diff(frame: pd.DataFrame, pairs: Sequence[tuple[str, str]], iters: int
 
 
 def _episodes(store: ResultStore, key: str) -> tuple[list[str], list[int | None]]:
-    env = key.split("-")[0]
-    path = store.root / env / f"{key}.json"
-    if not path.exists():
-        raise ValueError(f"no stored result {key!r} under {store.root}")
-    ep = json.loads(path.read_text())["episodes"]
+    ep = store.read_key(key)["episodes"]
     return list(ep["ids"]), list(ep["first_success_round"])
 
 
@@ -637,81 +588,76 @@ def short_label(record: dict[str, Any]) -> str:
 
 
 def loss_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Tidy per (experiment, episode, round): latent MSE to the goal, CEM's final planning loss,
-    goal distance, and whether the episode had succeeded by that round."""
+    """Tidy per (experiment, episode, round), over a **fixed population**: the reached latent
+    objective (``latent_mse``: the planning objective of the observation the plan led to) and
+    the true goal distance for every episode in every round (carried after an episode stopped,
+    :mod:`quantwm.study.alignment`), CEM's predicted final loss (``plan_loss``, NaN for rounds
+    not planned), whether the round was ``planned`` and whether the episode had succeeded."""
+    from quantwm.study.alignment import Trajectories
+
+    frames = []
+    for rec in records:
+        t = Trajectories.of(rec)
+        n, rounds = t.objective.shape
+        plan = np.array([[np.nan if v is None else float(v) for v in row]
+                         for row in rec["episodes"]["final_loss_by_round"]], dtype=float)
+        first = np.array([np.inf if f is None else f
+                          for f in rec["episodes"]["first_success_round"]], dtype=float)
+        r = np.arange(rounds)
+        frames.append(pd.DataFrame({
+            "key": rec["key"], "label": short_label(rec),
+            "episode": np.repeat(np.arange(n), rounds),
+            "round": np.tile(r, n), "latent_mse": t.objective.ravel(), "plan_loss": plan.ravel(),
+            "goal_distance": t.distance.ravel(), "planned": np.isfinite(plan).ravel(),
+            "success": (first[:, None] <= r[None, :]).ravel()}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["key", "label", "episode", "round", "latent_mse", "plan_loss", "goal_distance",
+                 "planned", "success"])
+
+
+def loss_alignment(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Per configuration, over its fixed population of episodes: the median per-episode
+    ``objective_change`` (log of final / start objective; negative = it decreased), the
+    ``alignment`` (Spearman of objective vs true distance over every (episode, round)), final
+    ``success``, mean final objective ``loss_last`` and mean final ``goal_distance``."""
+    from quantwm.study.alignment import Trajectories, summary
+
     rows = []
     for rec in records:
-        ep = rec["episodes"]
-        for e, first in enumerate(ep["first_success_round"]):
-            lat = ep["latent_mse_by_round"][e]
-            for r in range(len(lat)):
-                rows.append({"key": rec["key"], "label": short_label(rec), "episode": e, "round": r,
-                             "latent_mse": lat[r], "plan_loss": ep["final_loss_by_round"][e][r],
-                             "goal_distance": ep["goal_distance_by_round"][e][r],
-                             "success": first is not None and first <= r})
-    return pd.DataFrame(rows).astype({"latent_mse": float, "plan_loss": float,
-                                      "goal_distance": float})
+        t = Trajectories.of(rec)
+        rows.append({**summary(rec), "label": short_label(rec),
+                     "loss_last": float(t.objective[:, -1].mean()),
+                     "goal_distance": float(t.distance[:, -1].mean())})
+    cols = ["key", "label", "episodes", "rounds", "objective_change", "alignment", "success",
+            "loss_last", "goal_distance"]
+    return pd.DataFrame(rows, columns=cols)
 
 
-def loss_alignment(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration: mean latent MSE at round 0 and at the last round, its relative change,
-    final success, mean final goal distance, and the per-episode Spearman correlation between
-    the final latent MSE and the final goal distance (how well the loss tracks the task)."""
-    rows = []
-    for (key, label), sub in frame.groupby(["key", "label"], sort=False):
-        per_round = sub.groupby("round")["latent_mse"].mean()
-        last = sub[sub["round"] == sub.groupby("episode")["round"].transform("max")]
-        first, final = float(per_round.iloc[0]), float(per_round.iloc[-1])
-        rho = spearman(last["latent_mse"], last["goal_distance"])
-        rows.append({"key": key, "label": label, "loss_first": first, "loss_last": final,
-                     "loss_change": (final - first) / first if first else np.nan,
-                     "success": float(last["success"].mean()),
-                     "goal_distance": float(last["goal_distance"].mean()),
-                     "rho_loss_distance": rho})
-    return pd.DataFrame(rows)
+def verdict_insight5(records: Sequence[dict[str, Any]], profile: str, env: str) -> str:
+    """Insight V on a fixed population of episodes: for each aggressive configuration the
+    paper names (Wall W3 and W4A4, PushT W4A8; RTN), paired against FP32 on the same episodes,
+    the tests declared in :data:`quantwm.study.alignment.INSIGHT_V_TESTS`."""
+    from quantwm.study.alignment import AGGRESSIVE, INSIGHT_V_TESTS, insight5_table
 
-
-def verdict_insight5(alignment: pd.DataFrame, profile: str, env: str) -> str:
-    """Insight V: under aggressive quantization the planning loss stops decreasing and stops
-    predicting success."""
     lines = [f"**Insight V (planning objective under quantization), {env}, from the `{profile}` "
-             f"profile.**", ""]
-    if alignment.empty or "FP32" not in set(alignment["label"]):
-        return "\n".join(lines + ["No FP32 result to compare with."])
-    fp = alignment[alignment["label"] == "FP32"].iloc[0]
-    quant = alignment[alignment["label"] != "FP32"]
-    if quant.empty:
-        return "\n".join(lines + ["No quantized configuration in this profile."])
-    worst = quant.sort_values(["success", "loss_last"], ascending=[True, False]).iloc[0]
-    lines.append(f"- FP32: latent MSE to the goal changes {fp['loss_change']:+.0%} from round 0 to "
-                 f"the last round; success {fp['success']:.2f}.")
-    lines.append(f"- Least successful configuration, {worst['label']}: {worst['loss_change']:+.0%},"
-                 f" success {worst['success']:.2f}.")
-    if fp["loss_change"] < 0:
-        stalls = worst["loss_change"] > 0.5 * fp["loss_change"]
-        lines.append(f"- The paper: under aggressive quantization the loss fails to decrease. "
-                     f"Here it decreases {'less than' if stalls else 'at least'} half as much "
-                     f"as under FP32: the kit **{'agrees' if stalls else 'disagrees'}**.")
-    else:
-        lines.append("- The FP32 loss itself does not decrease over rounds here, so whether "
-                     "quantization stops it decreasing **cannot be decided**.")
-    rho_cfg = spearman(alignment["loss_last"], alignment["success"])
-    if np.isnan(rho_cfg):
-        lines.append("- Too few configurations (or no spread) for a rank correlation between "
-                     "final loss and success across configurations.")
-    else:
-        lines.append(f"- Across {len(alignment)} configurations, Spearman(final latent MSE, "
-                     f"success) = {rho_cfg:+.2f} (negative = a lower loss goes with more success)."
-                     f" The loss {'predicts' if rho_cfg < -0.3 else 'does not predict'} success "
-                     f"across configurations.")
-    r_fp, r_q = fp["rho_loss_distance"], quant["rho_loss_distance"].median()
-    if not (np.isnan(r_fp) or np.isnan(r_q)):
-        worse = r_q < r_fp
-        lines.append(f"- Per episode, Spearman(final latent MSE, goal distance): FP32 {r_fp:+.2f}, "
-                     f"quantized median {r_q:+.2f}: alignment is "
-                     f"{'lower' if worse else 'not lower'} under quantization: "
-                     f"the kit **{'agrees' if worse else 'disagrees'}** with "
-                     f"'reduced alignment'.")
+             f"profile.** Every episode counts in every round (an episode that succeeded keeps "
+             f"the objective and distance it stopped with).", ""]
+    table = insight5_table(list(records), env)
+    if table.empty:
+        return "\n".join(lines + [f"The kit **cannot tell**: no FP32 record beside the "
+                                  f"aggressive configurations "
+                                  f"({', '.join(AGGRESSIVE.get(env, ())) or 'none for ' + env})"
+                                  f" in this profile: run them (notebook 05 does)."])
+    claims = {t.name: t.paper for t in INSIGHT_V_TESTS}
+    for conf, sub in table.groupby("configuration", sort=False):
+        lines.append(f"- *{conf}* vs FP32, {int(sub['n'].iloc[0])} paired episodes:")
+        for _, r in sub.iterrows():
+            what = ("per-episode change of log objective, quantized minus FP32"
+                    if r["statistic"] == "objective_change" else
+                    "Spearman(objective, true distance), quantized minus FP32")
+            lines.append(f"  - {claims[r['test']]}: {what} {r['estimate']:+.2f} "
+                         f"[{r['lo']:+.2f}, {r['hi']:+.2f}], p = {r['p']:.2g}, detectable "
+                         f"{_fmt_mde(r['mde'])}: the kit {_kit_says(r['verdict'], r['reason'])}.")
     return "\n".join(lines)
 
 
@@ -782,31 +728,50 @@ def frame_errors(rollouts: dict[str, dict[str, torch.Tensor]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def verdict_insight4(errors: dict[str, pd.DataFrame], success: dict[str, dict[str, float]],
-                     profile: str) -> str:
-    """Insight IV: Wall degrades at the representation level (reconstruction from frame 0),
-    PushT at the planning level (images plausible, success drops)."""
-    lines = ["**Insight IV (failure modes), rollouts of one validation trajectory per env; "
-             f"success from the `{profile}` profile where stored.**", ""]
-    ratios = {}
-    for env, err in errors.items():
-        f0 = err[err["frame"] == 0].set_index("config")["recon_mse"]
-        if "FP32" not in f0.index or len(f0) < 2:
+def latent_error_table(records: Sequence[dict[str, Any]], env: str, steps: Sequence[int] = (1, 5),
+                       **options: Any) -> pd.DataFrame:
+    """Per stored configuration of ``env`` (beside its FP32 record): the mean over validation
+    segments of ``log(latent error / FP32's)`` at each rollout step, with its 95 % interval, p
+    and MDE (:func:`latent_error_test`, paired over segments); ``ratio`` = exp(mean)."""
+    recs = [r for r in records if r["experiment"]["env"] == env and "latent_error" in r]
+    fp = next((r for r in recs if r["experiment"]["method"] == "fp32"), None)
+    rows = []
+    for rec in recs:
+        if fp is None or rec is fp:
             continue
-        rel = (f0.drop("FP32") / max(f0["FP32"], 1e-12)).sort_values()
-        ratios[env] = float(rel.max())
-        lines.append(f"- *{env}*: frame-0 reconstruction error relative to FP32 ranges "
-                     f"{rel.min():.2f}x ({rel.index[0]}) to {rel.max():.2f}x ({rel.index[-1]}).")
-        for label, rate in success.get(env, {}).items():
-            lines.append(f"  - success of {label}: {rate:.2f}")
-    if {"wall", "pusht"} <= set(ratios):
-        ok = ratios["wall"] > ratios["pusht"]
-        lines.append(f"- The paper: Wall's reconstructions degrade from the first frame while "
-                     f"PushT's stay plausible. Worst frame-0 degradation: Wall "
-                     f"{ratios['wall']:.2f}x, PushT {ratios['pusht']:.2f}x: the kit "
-                     f"**{'agrees' if ok else 'disagrees'}** (Wall worse than PushT).")
-    else:
-        lines.append("- Both environments are needed to compare their failure modes.")
+        row: dict[str, Any] = {"key": rec["key"], "label": short_label(rec)}
+        for k in steps:
+            t = latent_error_test(rec, fp, step=k, log=True, **options)
+            row.update({f"ratio@{k}": float(np.exp(t.estimate)), f"lo@{k}": float(np.exp(t.lo)),
+                        f"hi@{k}": float(np.exp(t.hi)), f"p@{k}": t.p_value})
+        row["segments"] = t.n
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdict_insight4(records: Sequence[dict[str, Any]], profile: str) -> str:
+    """Insight IV on open-loop latent error (the decoded rollouts above are pictures only):
+    :func:`quantwm.study.latent.insight4_test`, declared before the data."""
+    from quantwm.study.latent import insight4_test
+
+    lines = ["**Insight IV (failure modes), on open-loop latent error over the same validation "
+             f"segments for every configuration, from the `{profile}` profile.**", ""]
+    out = insight4_test(list(records))
+    if out is None:
+        return "\n".join(lines + ["The kit **cannot tell**: no encoder-reduced configuration "
+                                  "with a latent error is stored for both envs beside FP32 in "
+                                  "this profile."])
+    r, v = out["result"], out["verdict"]
+    lines += [
+        f"- Family: {len(out['family'])} encoder-reduced configuration(s) stored for both envs "
+        f"({', '.join(out['family'])}); unit: the validation segment ({r.n} per env).",
+        f"- Mean log(latent error / FP32's) at step {out['step']}: Wall "
+        f"{out['wall_mean_log_ratio']:+.2f} (x{np.exp(out['wall_mean_log_ratio']):.2f}), PushT "
+        f"{out['pusht_mean_log_ratio']:+.2f} (x{np.exp(out['pusht_mean_log_ratio']):.2f}).",
+        f"- The paper: encoder quantization collapses Wall's representation from the first frame "
+        f"while PushT's stays plausible. Wall minus PushT: {r.estimate:+.2f} "
+        f"[{r.lo:+.2f}, {r.hi:+.2f}], p = {r.p_value:.2g}, detectable {_fmt_mde(r.mde)}: the kit "
+        f"{_kit_says(v.word, v.reason)}."]
     return "\n".join(lines)
 
 
@@ -830,13 +795,15 @@ def model_summary(model: torch.nn.Module) -> dict[str, Any]:
 
 
 # ------------------------------------------------------- experiment lists of the figures
-def run_fields(study: Any, seed: int = 0) -> dict[str, Any]:
-    """The Experiment fields a study profile fixes (planner profile, episodes, seed)."""
+def run_fields(study: Any, seed: int | None = None) -> dict[str, Any]:
+    """The Experiment fields a study profile fixes (planner profile, episodes, seed; the
+    profile's own seed unless one is given)."""
+    seed = getattr(study, "seed", 0) if seed is None else seed
     return {"profile": study.planner, "episodes": study.episodes,
             "calib_episodes": study.calibration_episodes, "seed": seed}
 
 
-def fp32_experiment(env: str, study: Any, seed: int = 0) -> Experiment:
+def fp32_experiment(env: str, study: Any, seed: int | None = None) -> Experiment:
     """The FP32 experiment of an environment under a study profile (shared by every table)."""
     return Experiment(env, **run_fields(study, seed))
 
@@ -856,7 +823,7 @@ FIGURE_BITS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 
 
 def figure_experiments(env: str, study: Any, labels: Sequence[str] | None = None,
-                       seed: int = 0) -> dict[str, Experiment]:
+                       seed: int | None = None) -> dict[str, Experiment]:
     """RTN experiments of Figs. 2-3 (FP32, W8, W4, W3, W8A8, W4A8, W4A4, encoder/predictor
     apart) by label; their keys equal the table rows', so results are shared."""
     labels = list(FIGURE_BITS) if labels is None else list(labels)
@@ -868,7 +835,7 @@ def figure_experiments(env: str, study: Any, labels: Sequence[str] | None = None
     return out
 
 
-def stored_records(store: ResultStore, env: str, study: Any, seed: int = 0
+def stored_records(store: ResultStore, env: str, study: Any, seed: int | None = None
                    ) -> list[dict[str, Any]]:
     """Every stored record of ``env`` run under the study profile's planner/episodes/seed."""
     fields = run_fields(study, seed)

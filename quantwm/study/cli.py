@@ -19,6 +19,8 @@ def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="*", metavar="NAME",
                         help="run only these notebooks (name or number prefix, e.g. 00)")
     parser.add_argument("--device", default=None, help="torch device passed to every notebook")
+    parser.add_argument("--no-input", action="store_true",
+                        help="leave the code out of the HTML reports (outputs only, to share)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"), help="extra papermill parameter (repeatable)")
 
@@ -32,7 +34,8 @@ def run_notebooks_command(args: argparse.Namespace) -> int:
         params["device"] = args.device
     failed: NotebooksFailed | None = None
     try:
-        runs = run_notebooks(args.profile, args.output, args.only, params)
+        runs = run_notebooks(args.profile, args.output, args.only, params,
+                             no_input=args.no_input, progress=True)
     except NotebooksFailed as err:  # each failure is already named on stderr
         runs, failed = err.runs, err
     except KeyboardInterrupt as err:

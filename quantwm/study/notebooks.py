@@ -60,6 +60,8 @@ def run_notebooks(
     notebook_dir: str | Path = NOTEBOOK_DIR,
     kernel_name: str = "python3",
     log_output: bool = False,
+    no_input: bool = False,
+    progress: bool = False,
 ) -> list[NotebookRun]:
     """Execute the numbered notebooks in order into ``output_dir`` and render each to HTML.
 
@@ -73,6 +75,10 @@ def run_notebooks(
     batch goes on with the other notebooks and then raises :class:`NotebooksFailed`. Ctrl-C or
     SIGTERM stops the batch with :class:`quantwm.study.interrupt.Interrupted`, whose
     ``detail`` names the notebook stopped, where its partial copy is, and those not run.
+
+    ``no_input``: the HTML reports leave the code cells' inputs out (outputs only), for
+    sharing; the executed notebooks keep everything. ``progress``: a line on stderr as each
+    notebook starts (which one, how far, the time so far).
     """
     import papermill
 
@@ -91,6 +97,8 @@ def run_notebooks(
         html = output_dir / f"{source.stem}.html"
         partial = output_dir / f"{source.stem}.failed.ipynb"
         start = time.perf_counter()
+        if progress:
+            print(f"[{i + 1}/{len(sources)}] {source.stem} ...", file=sys.stderr, flush=True)
         kept = None
         try:
             with terminate_as_interrupt() as signals, atomic_path(executed) as tmp:
@@ -121,7 +129,7 @@ def run_notebooks(
             print(f"error: {failure}", file=sys.stderr, flush=True)
             continue
         partial.unlink(missing_ok=True)  # of an earlier failed run
-        atomic_write_text(html, render_html(executed))
+        atomic_write_text(html, render_html(executed, no_input=no_input))
         runs.append(NotebookRun(source.stem, executed, html, time.perf_counter() - start))
     if failures:
         raise NotebooksFailed(runs, failures, len(sources))
@@ -182,11 +190,14 @@ def _kernel_config() -> Any:
     return Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
 
 
-def render_html(notebook: str | Path) -> str:
-    """A standalone HTML page of an executed notebook, figures embedded, input prompts kept."""
+def render_html(notebook: str | Path, no_input: bool = False) -> str:
+    """A standalone HTML page of an executed notebook, figures embedded; ``no_input`` leaves
+    the code (and the parameters cells papermill adds) out, keeping Markdown and outputs."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(notebook), as_version=4)
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb)
+    exporter = HTMLExporter(embed_images=True, exclude_input=no_input,
+                            exclude_input_prompt=no_input, exclude_output_prompt=no_input)
+    body, _ = exporter.from_notebook_node(nb)
     return body

@@ -264,8 +264,9 @@ def show(fig: Figure) -> None:
 def plot_loss_curves(frame: pd.DataFrame, value: str = "latent_mse", title: str = "") -> Figure:
     """Fig. 3: mean (over episodes) of ``value`` per MPC round, one line per configuration.
 
-    ``frame`` is :func:`quantwm.study.analysis.loss_frame`; an episode contributes until it
-    succeeds (its later rounds are not planned)."""
+    ``frame`` is :func:`quantwm.study.analysis.loss_frame`: every episode in every round (an
+    episode that succeeded keeps the values it stopped with), so each round's mean is over the
+    same episodes; filter on ``planned`` for values that exist only while an episode plans."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for i, (label, sub) in enumerate(frame.groupby("label", sort=False)):
         mean = sub.groupby("round")[value].mean()

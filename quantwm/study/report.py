@@ -14,7 +14,6 @@ kit's cell as ``0.40 [0.17, 0.69]``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -124,8 +123,7 @@ def paper_table(frame: pd.DataFrame, store: ResultStore | None, alpha: float = 0
 
 def _outcomes(store: ResultStore, key: str, iters: int) -> np.ndarray:
     """(episodes,) bool: the stored experiment ``key`` succeeded within ``iters`` rounds."""
-    env = key.split("-")[0]  # keys start with the env (grid.Experiment.key)
-    record = json.loads((store.root / env / f"{key}.json").read_text())
+    record = store.read_key(key)
     first = record["episodes"]["first_success_round"]
     return np.array([r is not None and r <= iters for r in first], dtype=bool)
 

@@ -97,6 +97,14 @@ class ResultStore:
             raise ValueError(f"no result for {experiment.key()} under {self.root}")
         return self._load(path)
 
+    def read_key(self, key: str) -> dict[str, Any]:
+        """The stored record of an experiment key (``<env>-...``); ValueError naming the file
+        when it is missing or corrupt."""
+        path = self.root / key.split("-")[0] / f"{key}.json"
+        if not path.exists():
+            raise ValueError(f"no stored result {key!r} under {self.root}")
+        return self._load(path)
+
     def missing(self, experiments: list[Experiment], set_aside: bool = False
                 ) -> list[Experiment]:
         """The experiments without a current stored result, in order, without duplicates.
