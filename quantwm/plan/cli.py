@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from quantwm.utils import atomic_write_json, provenance
 
     config = planner_config(args.env, planner, **{"seed": args.seed, **overrides})
-    model = load(args.checkpoint or args.env, device=device)
+    model = load(args.checkpoint or args.env, device=device, env=args.env)
     quant_note = ""
     if quant is not None:
         model, quant_note = quantized_model(args, quant, model, planner, device)
