@@ -210,12 +210,12 @@ def summary_markdown(table: pd.DataFrame) -> str:
     for insight, sub in table.groupby("insight", sort=False):
         lines.append(f"*{names.get(insight, insight)}*: {sub['paper claim'].iloc[0]}.")
         for _, r in sub.iterrows():
-            at = "" if pd.isna(r["iters"]) else f", {int(r['iters'])} iters"
-            paper = "" if pd.isna(r["paper"]) else f"; paper {r['paper']:.2f}"
-            mde = "n/a" if pd.isna(r["mde"]) else f"{r['mde']:.2f}"
+            c = _cells(r)
+            at = c["iters"] and f", {c['iters']} iters"
+            paper = c["paper"] and f"; paper {c['paper']}"
             lines.append(f"- {r['test']}, {r['env']} (`{r['profile']}`, n = {int(r['n'])}{at}): "
-                         f"kit {r['estimate']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]{paper}; "
-                         f"MDE {mde}: **{r['verdict']}** ({r['reason']}).")
+                         f"kit {c['kit']}{paper}; MDE {c['mde'] or 'n/a'}: **{r['verdict']}** "
+                         f"({r['reason']}).")
         lines.append(f"  - Why the kit may differ: {sub['why the kit may differ'].iloc[0]}.")
         lines.append("")
     return "\n".join(lines)
@@ -233,13 +233,20 @@ def readme_table(table: pd.DataFrame) -> str:
     out = ["| insight | test | env | run (n) | kit [95 % interval] | paper | MDE | verdict |",
            "|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        paper = "" if pd.isna(r["paper"]) else f"{r['paper']:.2f}"
-        mde = "" if pd.isna(r["mde"]) else f"{r['mde']:.2f}"
-        at = "" if pd.isna(r["iters"]) else f", @{int(r['iters'])}"
+        c = _cells(r)
+        at = c["iters"] and f", @{c['iters']}"
         out.append(f"| {r['insight']} | {r['test']} | {r['env']} | {r['profile']} "
-                   f"({int(r['n'])}{at}) | {r['estimate']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]"
-                   f" | {paper} | {mde} | **{r['verdict']}** |")
+                   f"({int(r['n'])}{at}) | {c['kit']} | {c['paper']} | {c['mde']} | "
+                   f"**{r['verdict']}** |")
     return "\n".join(out)
+
+
+def _cells(r: pd.Series) -> dict[str, str]:
+    """A summary row's numbers as text ("" where not applicable)."""
+    return {"kit": f"{r['estimate']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]",
+            "paper": "" if pd.isna(r["paper"]) else f"{r['paper']:.2f}",
+            "mde": "" if pd.isna(r["mde"]) else f"{r['mde']:.2f}",
+            "iters": "" if pd.isna(r["iters"]) else str(int(r["iters"]))}
 
 
 def readme_block(store: ResultStore) -> str:
