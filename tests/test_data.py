@@ -216,6 +216,82 @@ def test_shipped_extensions_are_generated_once_and_checked(tmp_path, monkeypatch
         load_trajectories("wall")
 
 
+
+def _shipped_file_only(tmp_path, monkeypatch) -> None:
+    """Data dir ``tmp_path`` holding the shipped PushT file and its extensions.json, an empty
+    cache, and generation replaced by a failure."""
+    import shutil
+
+    import quantwm.data.trajectories as trajectories
+
+    shipped = default_path("pusht")
+    (tmp_path / "pusht").mkdir()
+    (tmp_path / "pusht" / "trajectories.npz").symlink_to(shipped)
+    shutil.copy(shipped.with_name("extensions.json"), tmp_path / "pusht")
+    monkeypatch.setattr(trajectories, "DATA_DIR", tmp_path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the extension was generated")
+
+    monkeypatch.setattr(trajectories, "extend_trajectories", never)
+
+
+def test_evaluation_and_validation_data_never_generate_the_extension(tmp_path, monkeypatch
+                                                                        ) -> None:
+    """PushT's evaluation episodes, validation segments and rendered validation frames come
+    from the shipped file alone (the extension adds training trajectories only), bit for bit
+    what the extended dataset gives and what the stored results were run on; calibration
+    episodes (training split) still read the extension."""
+    import json
+
+    from quantwm.study.analysis import ground_truth_segment
+    from quantwm.study.latent import validation_segments
+    from quantwm.study.store import RESULTS_DIR
+
+    full = load_trajectories("pusht")  # the extended dataset (data/cache, or generated once)
+    expected = {(n, s): evaluation_episodes("pusht", n=n, seed=s, trajectories=full)
+                for n, s in ((50, 0), (10, 1))}
+    _shipped_file_only(tmp_path, monkeypatch)
+    for (n, s), want in expected.items():
+        got = evaluation_episodes("pusht", n=n, seed=s)
+        assert got.ids == want.ids
+        np.testing.assert_array_equal(got.start_states, want.start_states)
+        np.testing.assert_array_equal(got.goal_states, want.goal_states)
+    segs = validation_segments("pusht")
+    seg = ground_truth_segment("pusht", frames=4)
+    assert not (tmp_path / "cache").exists()  # nothing generated, nothing cached
+    with pytest.raises(AssertionError, match="extension was generated"):
+        calibration_episodes("pusht", n=2)  # the training split needs the extension
+    monkeypatch.undo()
+    # the episodes and segments the committed PushT FP32 result was run on
+    record = next(json.loads(p.read_text()) for p in sorted((RESULTS_DIR / "pusht").glob(
+        "pusht-fp32-cpu-n10-c10-s0-*.json")))
+    assert record["episodes"]["ids"] == evaluation_episodes("pusht", n=10, seed=0).ids
+    assert record["latent_error"]["segments"] == segs.ids
+    again = validation_segments("pusht")
+    torch.testing.assert_close(again.visual, segs.visual, rtol=0, atol=0)
+    torch.testing.assert_close(again.actions, segs.actions, rtol=0, atol=0)
+    torch.testing.assert_close(ground_truth_segment("pusht", frames=4).visual, seg.visual,
+                               rtol=0, atol=0)
+
+
+def test_extension_progress_bar_gives_the_expected_time(capsys) -> None:
+    import quantwm.data.trajectories as trajectories
+
+    base = make_trajectories("wall", 6, 10, seed=0)
+    quiet = extend_trajectories(base, 5, seed=4, workers=1)
+    assert "expected" not in capsys.readouterr().err
+    shown = extend_trajectories(base, 5, seed=4, workers=1, progress=True)
+    err = capsys.readouterr().err
+    assert "wall: 5 training trajectories (seed 4), expected ~0 s on 1 idle CPU" in err
+    assert "5/5" in err
+    np.testing.assert_array_equal(shown.states, quiet.states)
+    # PushT: 14400 trajectories of 80 steps, 6 chunks of 2400 on 2 CPUs: 3 rounds of ~46 s
+    seconds = trajectories.expected_generation_seconds("pusht", 14400, 80, workers=2)
+    assert 120 <= seconds <= 160
+    assert trajectories.expected_generation_seconds("pusht", 14400, 80, workers=6) * 3 == seconds
+
+
 # ---- frame windows -----------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "p"), [("wall", 2), ("pusht", 4)])
 def test_frame_windows(small: dict, name: str, p: int) -> None:

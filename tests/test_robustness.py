@@ -528,7 +528,7 @@ def test_a_corrupt_trajectory_cache_is_generated_again(tmp_path, capsys, monkeyp
     (tmp_path / "pusht" / "extensions.json").write_text(json.dumps([{"seed": 9, "n_traj": 2}]))
     made = []
 
-    def extend(traj, n_traj, seed):
+    def extend(traj, n_traj, seed, **options):
         made.append(seed)
         return trajectories.make_trajectories("pusht", 4 + n_traj, 5, seed=1)
 

@@ -1,7 +1,7 @@
 """``quantwm data``: make a trajectory dataset, add training trajectories to one, or show one.
 
 quantwm data make --env wall|pusht [--seed S] [--out PATH] [--n-traj N] [--n-steps T]
-quantwm data extend --env wall|pusht --n-traj N --seed S [--path PATH] [--workers W]
+quantwm data extend --env wall|pusht --n-traj N --seed S [--path PATH] [--workers W] [--quiet]
 quantwm data show --env wall|pusht [--path PATH]
 """
 
@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     extend.add_argument("--workers", type=int_at_least(1), default=None,
                         help="processes generating chunks, >= 1 (default: every CPU; the data "
                              "do not depend on it)")
+    extend.add_argument("--quiet", action="store_true", help="no progress bar")
     show = sub.add_parser("show", help="print the summary of a trajectory file",
                           description="print the summary of a trajectory file")
     show.add_argument("--env", required=True, choices=ENV_NAMES, help="environment")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         path = check_output_file(args.path if args.path is not None else default_path(args.env),
                                  "--path")
         trajs = extend_trajectories(load_trajectories(args.env, path), args.n_traj, args.seed,
-                                    workers=args.workers)
+                                    workers=args.workers, progress=not args.quiet)
         path = trajs.save(path)
         print(f"appended {args.n_traj} training trajectories (seed {args.seed}) -> {path}")
     else:

@@ -148,10 +148,13 @@ def _episodes(
     env_name = check_env_name(env_name)
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    trajs = trajectories if trajectories is not None else load_trajectories(env_name)
+    split = "val" if purpose == "eval" else "train"
+    # the validation split is the same with or without the extensions (training trajectories
+    # only): evaluation episodes never wait for them to be generated
+    trajs = (trajectories if trajectories is not None
+             else load_trajectories(env_name, with_extensions=split == "train"))
     if trajs.env_name != env_name:
         raise ValueError(f"trajectories are {trajs.env_name}, episodes asked for {env_name}")
-    split = "val" if purpose == "eval" else "train"
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _PURPOSE[purpose]]))
     tag = f"{purpose}-s{int(seed)}"
     make = _wall_episodes if env_name == "wall" else _pusht_episodes
@@ -161,7 +164,8 @@ def _episodes(
 def evaluation_episodes(
     env_name: str, n: int = 50, seed: int = 0, trajectories: Trajectories | None = None
 ) -> EpisodeSet:
-    """``n`` evaluation episodes from the validation split (default: the shipped dataset)."""
+    """``n`` evaluation episodes from the validation split (default: the shipped dataset; its
+    file alone, whose validation split the extensions leave as it is)."""
     return _episodes(env_name, n, seed, "eval", trajectories)
 
 

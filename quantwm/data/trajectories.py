@@ -35,7 +35,8 @@ from quantwm.utils import DATA_DIR, atomic_path, check_env_name, git_commit
 #: wall and door layouts: the predictor's pushes into the wall beside the door improved with
 #: them); PushT 4800 x 80 (on 1200 trajectories the predictor overfitted). The shipped PushT
 #: dataset adds 14400 training trajectories to these (``data/pusht/extensions.json``, generated
-#: on first use): the predictor planned better with them (docs/world_models.md)
+#: on first use by what reads the training split): the predictor planned better with them
+#: (docs/world_models.md)
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {"wall": (3840, 50), "pusht": (4800, 80)}
 DEFAULT_SEED = 0
 VAL_FRACTION = 0.1
@@ -228,7 +229,7 @@ def available_cpus() -> int:
 
 
 def extend_trajectories(trajs: Trajectories, n_traj: int, seed: int,
-                        workers: int | None = None) -> Trajectories:
+                        workers: int | None = None, progress: bool = False) -> Trajectories:
     """``trajs`` with ``n_traj`` more *training* trajectories appended, drawn like its own.
 
     The validation split keeps its trajectories and their indices, so every evaluation episode
@@ -237,8 +238,11 @@ def extend_trajectories(trajs: Trajectories, n_traj: int, seed: int,
     in chunks of ``EXTEND_CHUNK``, chunk k from ``SeedSequence([seed, k])``; ``seed`` must differ
     from the dataset's own and from earlier extensions'. ``meta["extensions"]`` records each.
     Chunks are generated in ``workers`` processes (default: every available CPU); the data do
-    not depend on how many.
+    not depend on how many. ``progress``: a progress bar on stderr, its description giving the
+    expected time on idle CPUs (``expected_generation_seconds``).
     """
+    from tqdm import tqdm
+
     if isinstance(n_traj, bool) or not isinstance(n_traj, int | np.integer) or n_traj < 1:
         raise ValueError(f"n_traj must be a positive integer, got {n_traj!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
@@ -252,14 +256,25 @@ def extend_trajectories(trajs: Trajectories, n_traj: int, seed: int,
     jobs = [(trajs.env_name, min(EXTEND_CHUNK, int(n_traj) - first), trajs.n_steps, int(seed), k)
             for k, first in enumerate(range(0, int(n_traj), EXTEND_CHUNK))]
     workers = min(len(jobs), available_cpus() if workers is None else workers)
-    if workers == 1:
-        parts = [_generate_chunk(*job) for job in jobs]
-    else:
-        from concurrent.futures import ProcessPoolExecutor
+    expected = expected_generation_seconds(trajs.env_name, int(n_traj), trajs.n_steps, workers)
+    bar = tqdm(total=int(n_traj), unit="traj", disable=not progress, file=sys.stderr,
+               desc=f"{trajs.env_name}: {n_traj} training trajectories (seed {seed}), expected "
+                    f"{_duration(expected)} on {workers} idle CPU{'s' if workers > 1 else ''}")
+    with bar:
+        if workers == 1:
+            parts = []
+            for job in jobs:
+                parts.append(_generate_chunk(*job))
+                bar.update(job[1])
+        else:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            parts = list(pool.map(_generate_chunk, *zip(*jobs, strict=True)))
+            context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                futures = {pool.submit(_generate_chunk, *job): job[1] for job in jobs}
+                for done in as_completed(futures):
+                    bar.update(futures[done])
+                parts = [f.result() for f in futures]  # in chunk order
     states = np.concatenate([trajs.states, *(_round32(p[0]) for p in parts)])
     actions = np.concatenate([trajs.actions, *(_round32(p[1]) for p in parts)])
     params = {k: np.concatenate([v, *(p[2][k] for p in parts)]) for k, v in trajs.params.items()}
@@ -269,6 +284,26 @@ def extend_trajectories(trajs: Trajectories, n_traj: int, seed: int,
                        "commit": git_commit()})
     meta = {**trajs.meta, "extensions": extensions}
     return Trajectories(trajs.env_name, states, actions, params, split, meta)
+
+
+#: seconds per generated trajectory step on one idle core (PushT: ~45 s per chunk of 2400
+#: trajectories of 80 steps; a core shared with other work takes two to ten times longer)
+STEP_SECONDS: dict[str, float] = {"wall": 3e-6, "pusht": 2.4e-4}
+
+
+def expected_generation_seconds(env_name: str, n_traj: int, n_steps: int,
+                                workers: int | None = None) -> float:
+    """Expected seconds to generate ``n_traj`` trajectories of ``n_steps`` in chunks of
+    ``EXTEND_CHUNK`` on ``workers`` idle CPUs (default: every available one)."""
+    workers = available_cpus() if workers is None else max(1, int(workers))
+    chunks = -(-int(n_traj) // EXTEND_CHUNK)
+    rounds = -(-chunks // min(workers, chunks))
+    per_chunk = min(int(n_traj), EXTEND_CHUNK) * n_steps * STEP_SECONDS[check_env_name(env_name)]
+    return rounds * per_chunk
+
+
+def _duration(seconds: float) -> str:
+    return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.1f} min"
 
 
 def extension_digest(trajs: Trajectories, first: int) -> str:
@@ -282,10 +317,10 @@ def extension_digest(trajs: Trajectories, first: int) -> str:
 def _with_shipped_extensions(env_name: str, base: Trajectories) -> Trajectories:
     """``base`` plus the extensions listed in ``data/<env>/extensions.json`` that it lacks.
 
-    They are generated on first use (~45 s per chunk of 2400 PushT trajectories on one core,
-    chunks in parallel on every CPU) and kept in ``data/cache/``: what can be generated is not
-    committed. Each listed ``sha1`` (``extension_digest``) is checked, so a platform whose
-    physics rounds differently says so.
+    They are generated on first use (~45 s per chunk of 2400 PushT trajectories on one idle
+    core, chunks in parallel on every CPU, with a progress bar) and kept in ``data/cache/``:
+    what can be generated is not committed. Each listed ``sha1`` (``extension_digest``) is
+    checked, so a platform whose physics rounds differently says so.
     """
     spec_path = default_path(env_name).with_name("extensions.json")
     if not spec_path.exists():
@@ -301,12 +336,15 @@ def _with_shipped_extensions(env_name: str, base: Trajectories) -> Trajectories:
             return Trajectories.load(cache)
         except ValueError as err:  # a damaged cache: what it held can be generated again
             print(f"warning: {err}; generating it again", file=sys.stderr, flush=True)
-    print(f"{env_name}: generating the shipped dataset's extensions once -> {cache}",
-          file=sys.stderr)
+    total = sum(e["n_traj"] for e in todo)
+    expected = sum(expected_generation_seconds(env_name, e["n_traj"], base.n_steps) for e in todo)
+    print(f"{env_name}: training and calibration use the shipped dataset's {total} extension "
+          f"trajectories ({spec_path.name}); generating them once, expected {_duration(expected)}"
+          f" on {available_cpus()} idle CPU(s), into {cache}", file=sys.stderr, flush=True)
     traj = base
     for e in todo:
         first = traj.n_traj
-        traj = extend_trajectories(traj, e["n_traj"], e["seed"])
+        traj = extend_trajectories(traj, e["n_traj"], e["seed"], progress=True)
         if e.get("sha1") and extension_digest(traj, first) != e["sha1"]:
             warnings.warn(f"{env_name}: the extension of seed {e['seed']} generated here differs "
                           f"from the one the shipped model was trained on ({spec_path})",
@@ -315,13 +353,22 @@ def _with_shipped_extensions(env_name: str, base: Trajectories) -> Trajectories:
     return traj
 
 
-def load_trajectories(env_name: str, path: str | Path | None = None) -> Trajectories:
+def load_trajectories(env_name: str, path: str | Path | None = None, *,
+                      with_extensions: bool = True) -> Trajectories:
     """The dataset at ``path``; by default the shipped one: ``data/<env>/trajectories.npz`` plus
-    the training trajectories ``data/<env>/extensions.json`` lists (generated on first use)."""
+    the training trajectories ``data/<env>/extensions.json`` lists (generated on first use).
+
+    ``with_extensions=False``: the shipped file alone, nothing generated. Extensions append
+    training trajectories only, so its validation split (indices, states, actions, params) is
+    the extended dataset's bit for bit: what is drawn from the validation split alone
+    (evaluation episodes, validation segments) is the same either way and needs no extension.
+    """
     traj = Trajectories.load(path if path is not None else default_path(env_name))
     if traj.env_name != check_env_name(env_name):
         raise ValueError(f"{path} holds {traj.env_name} trajectories, not {env_name}")
-    return traj if path is not None else _with_shipped_extensions(env_name, traj)
+    if path is not None or not with_extensions:
+        return traj
+    return _with_shipped_extensions(env_name, traj)
 
 
 def summarize(traj: Trajectories) -> dict[str, Any]:

@@ -679,7 +679,7 @@ def ground_truth_segment(env: str, frames: int = 6, traj: int = 0, start: int = 
     from quantwm.data import load_trajectories
     from quantwm.envs import proprio_of, render_states
 
-    trajs = load_trajectories(env)
+    trajs = load_trajectories(env, with_extensions=False)  # the validation split is the same
     i = int(trajs.indices("val")[traj])
     steps = start + frameskip * np.arange(frames)
     if steps[-1] > trajs.n_steps:

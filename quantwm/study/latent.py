@@ -57,7 +57,7 @@ def validation_segments(env: str, n: int = SEGMENTS, steps: int = STEPS, num_his
     for name, v in (("n", n), ("steps", steps), ("num_hist", num_hist)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    trajs = load_trajectories(env)
+    trajs = load_trajectories(env, with_extensions=False)  # the validation split is the same
     val = np.asarray(trajs.indices("val"))
     if n > len(val):
         raise ValueError(f"n={n} segments exceed the {len(val)} validation trajectories of {env}")
