@@ -4,16 +4,44 @@
     wm = load("wall")                                  # data/checkpoints/wall.pt
     z = wm.encode(visual, proprio)                     # (B, T, N, Dz)
     z_next = wm.rollout(z[:, -1:], wm.normalize_action(actions))
+
+The names below are imported on first use (PEP 562): importing a submodule that needs no torch
+(or ``quantwm.model`` itself) does not wait seconds for it.
 """
 
-from quantwm.model.checkpoint import (
-    CHECKPOINT_DIR,
-    checkpoint_digest,
-    checkpoint_path,
-    load,
-    save,
-)
-from quantwm.model.world_model import WorldModel, WorldModelConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the submodule that defines it
+_SOURCES = {
+    "CHECKPOINT_DIR": "checkpoint", "checkpoint_digest": "checkpoint",
+    "checkpoint_path": "checkpoint", "load": "checkpoint", "save": "checkpoint",
+    "WorldModel": "world_model", "WorldModelConfig": "world_model",
+}
 
 __all__ = ["CHECKPOINT_DIR", "WorldModel", "WorldModelConfig", "checkpoint_digest",
            "checkpoint_path", "load", "save"]
+
+if TYPE_CHECKING:
+    from quantwm.model.checkpoint import (
+        CHECKPOINT_DIR,
+        checkpoint_digest,
+        checkpoint_path,
+        load,
+        save,
+    )
+    from quantwm.model.world_model import WorldModel, WorldModelConfig
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -16,15 +16,14 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from quantwm.cli import check_output_file, float_in, int_at_least, torch_device
 from quantwm.envs import ACTION_DIM, PROPRIO_DIM
-from quantwm.model.checkpoint import CHECKPOINT_DIR, load, save
-from quantwm.model.world_model import WorldModel, WorldModelConfig
 from quantwm.utils import DATA_DIR, ENV_NAMES, check_env_name, parse_overrides, seed_everything
+
+if TYPE_CHECKING:
+    from quantwm.model.world_model import WorldModel, WorldModelConfig
 
 EXAMPLES = """\
 examples:
@@ -33,6 +32,9 @@ examples:
   quantwm train --env pusht --resume               continue an interrupted run
   quantwm train --env pusht --model num_hist=3 --out /tmp/pusht3.pt   DINO-WM's 3 frames"""
 
+# torch (and so the model) is imported by the functions that need it: `quantwm train --help`
+# does not wait seconds for it
+CHECKPOINT_DIR = DATA_DIR / "checkpoints"  # quantwm.model.checkpoint.CHECKPOINT_DIR
 ENCODER_PATH = CHECKPOINT_DIR / "encoder.pt"
 STATE_DIR = DATA_DIR / "runs" / "train"
 _ENCODER_FIELDS = ("img_size", "patch_size", "enc_dim", "enc_depth", "enc_heads", "mlp_ratio",
@@ -129,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stage != "encoder":  # a bad field fails here, not after stage 1
         check_model_config(check_env_name(args.env), model_config)
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
     if stage1:
         minutes = args.minutes if args.stage == "encoder" else args.encoder_minutes
@@ -152,6 +156,8 @@ def check_model_config(env: str, overrides: dict[str, Any]) -> WorldModelConfig:
     """The env's ``WorldModelConfig`` with ``--model`` overrides, or a ValueError naming the
     first bad one: sizes are integers >= 1, ``mlp_ratio`` a finite number > 0, and the model
     must fit the env's data (proprio and action widths) with patches that tile the image."""
+    from quantwm.model.world_model import WorldModelConfig
+
     kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__
              for f in dataclasses.fields(WorldModelConfig)}
     for key, value in overrides.items():
@@ -184,8 +190,10 @@ def _overrides(**kw: Any) -> dict[str, Any]:
 def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None, seed: int = 0,
                   device: str = "cpu", resume: bool = False, **kw: Any) -> WorldModel:
     """Stage 1 on the training frames of both environments; saves to ``path``."""
+    from quantwm.model.checkpoint import save
     from quantwm.model.sources import EnvFrames, load_trajectories
     from quantwm.model.train import pretrain_encoder, resume_state_path
+    from quantwm.model.world_model import WorldModel, WorldModelConfig
 
     seed_everything(seed)
     model = WorldModel(WorldModelConfig.for_env("wall"))
@@ -225,6 +233,7 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
     """
     if not isinstance(rollout_steps, int) or rollout_steps < 1:
         raise ValueError(f"rollout_steps must be an int >= 1, got {rollout_steps!r}")
+    from quantwm.model.checkpoint import load, save
     from quantwm.model.sources import frame_windows, load_trajectories, trajectory_frames
     from quantwm.model.train import (
         dataset_stats,
@@ -233,6 +242,7 @@ def train_world_model(env: str, out: Path, *, encoder_path: Path, minutes: float
         set_latent_standardization,
         train_dynamics,
     )
+    from quantwm.model.world_model import WorldModel, WorldModelConfig
 
     seed_everything(seed)
     config = WorldModelConfig.for_env(env, **(model_config or {}))
