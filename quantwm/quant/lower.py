@@ -48,7 +48,8 @@ saturation (255 * 127 * 2 > 32767); :func:`lower` probes the kernel once and ref
 activations there instead of returning different numbers.
 
 A lowered model is for inference (no gradients) on CPU; ``packed`` Linears are plain torch and
-run on any device. Requests without a kernel fail with a one-line ``ValueError`` naming what is
+run on any device. It is rebuilt, not saved: fbgemm's packed weights are not in the
+``state_dict`` (save the quantized model or its config, and lower after loading). Requests without a kernel fail with a one-line ``ValueError`` naming what is
 missing: grouped or asymmetric weights with quantized activations, quantized activations with
 float weights, integer kernels on a device other than the CPU, a CPU without fbgemm.
 """
