@@ -119,9 +119,13 @@ def test_paper_style_table_layout_and_flags() -> None:
     fp32 = {"label": "FP32", "first_success_round": [0] * 25 + [3] * 20 + [None] * 5}
     w3 = {"label": "RTN W3", "first_success_round": [None] * 50}
     table = paper_style_table([fp32, w3], iters)
-    assert list(table.columns) == ["0 iters", "5 iters", "10 iters"]
-    assert table.loc["FP32", "5 iters"].startswith("0.90")
-    assert table.loc["RTN W3", "5 iters"].endswith("*")
+    assert list(table.columns.get_level_values(0).unique()) == ["0 iters", "5 iters", "10 iters"]
+    assert list(table["5 iters"].columns) == ["success", "lo", "hi", "p", "flag"]
+    assert table.loc["FP32", ("5 iters", "success")] == 0.90  # numbers, not text
+    assert table.loc["FP32", ("5 iters", "lo")] < 0.90 < table.loc["FP32", ("5 iters", "hi")]
+    assert np.isnan(table.loc["FP32", ("5 iters", "p")])  # the reference itself
+    assert table.loc["RTN W3", ("5 iters", "flag")] and table.loc["RTN W3", ("5 iters", "p")] < 0.05
+    assert table.loc["RTN W3", ("10 iters", "success")] == 0.0
     assert success_matrix([None, 0, 7], iters).tolist() == [
         [False, False, False], [True, True, True], [False, False, True]]
 

@@ -124,24 +124,6 @@ def episode_outcomes(store: ResultStore, key: str, iters: int) -> np.ndarray:
     return success_matrix(rec["episodes"]["first_success_round"], [iters])[:, 0]
 
 
-def side_by_side(frame: pd.DataFrame) -> pd.DataFrame:
-    """Kit cells ``rate [lo, hi]`` beside the paper's rates, one row per configuration."""
-    if frame.empty:
-        return pd.DataFrame()
-    kit = frame.assign(cell=[f"{s:.2f} [{lo:.2f}, {hi:.2f}]" for s, lo, hi in
-                             zip(frame["success"], frame["lo"], frame["hi"], strict=True)])
-    n = int(frame["n"].max())
-    left = kit.pivot_table(index=["row", "label"], columns="iters", values="cell", aggfunc="first")
-    left.columns = pd.MultiIndex.from_product([[f"kit (n={n})"],
-                                               [f"{c} iters" for c in left.columns]])
-    table = int(frame["table"].iloc[0])
-    paper = paper_success(table).loc[sorted(frame["row"].unique())]
-    paper.index = left.index
-    paper.columns = pd.MultiIndex.from_product([[f"paper (n={PAPER_EPISODES})"],
-                                                [f"{c} iters" for c in paper.columns]])
-    return pd.concat([left, paper.map(lambda v: f"{v:.2f}")], axis=1).droplevel("row")
-
-
 def table_rows(experiments: Sequence[Experiment], store: ResultStore) -> list[dict[str, Any]]:
     """``paper_style_table`` rows (label, first_success_round) of the stored experiments."""
     out = []

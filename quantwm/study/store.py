@@ -154,13 +154,29 @@ class ResultStore:
                 self._warn(path, f"{err}; skipped")
 
     def frame(self) -> pd.DataFrame:
-        """One row per (experiment, iters) with the success rate and the experiment fields."""
+        """One row per (experiment, iters) with the success rate and the experiment fields.
+
+        ``planner`` is the planner profile the experiment ran with (``Experiment.profile``);
+        ``study_profile`` the study profile whose planner, evaluation and calibration episodes
+        it was run with (``quantwm.study.profiles.STUDY_PROFILES``; the seed is its own
+        column), None where none has them. ``act_granularity`` is spelled as in every table of
+        the kit, ``per-tensor`` / ``per-token`` (the records and ``QuantConfig`` keep the
+        identifiers ``per_tensor`` / ``per_token``).
+        """
+        from quantwm.study.profiles import STUDY_PROFILES
+
+        made_with = {(p.planner, p.episodes, p.calibration_episodes): name
+                     for name, p in STUDY_PROFILES.items()}
         rows = []
         for rec in self.records():
             exp = rec["experiment"]
-            base = {k: exp[k] for k in ("env", "method", "group", "act_granularity", "profile",
-                                        "episodes", "seed")}
-            base.update(enc_w=exp["encoder"][0], enc_a=exp["encoder"][1],
+            base = {k: exp[k] for k in ("env", "method", "group")}
+            base.update(act_granularity=exp["act_granularity"].replace("_", "-"),
+                        planner=exp["profile"],
+                        study_profile=made_with.get((exp["profile"], exp["episodes"],
+                                                     exp["calib_episodes"])),
+                        episodes=exp["episodes"], seed=exp["seed"],
+                        enc_w=exp["encoder"][0], enc_a=exp["encoder"][1],
                         pred_w=exp["predictor"][0], pred_a=exp["predictor"][1], key=rec["key"])
             for iters, rate in rec.get("success", {}).items():
                 rows.append({**base, "iters": int(iters), "success": rate})

@@ -1,4 +1,5 @@
-"""Paper-style tables: success by iteration with 95 % Wilson intervals and paired flags.
+"""Paper-style tables: success by iteration with 95 % Wilson intervals and paired flags, as
+numbers (a Styler formats them).
 
 50 episodes cannot tell 0.94 from 0.96: each rate comes with its Wilson score interval, and a
 row is flagged where it differs from a reference row *on the same episodes* beyond noise
@@ -15,14 +16,7 @@ import pandas as pd
 
 from quantwm.study.stats import mcnemar_exact, wilson_interval
 
-__all__ = ["format_rate", "mcnemar_exact", "paper_style_table", "success_matrix",
-           "wilson_interval"]
-
-
-def format_rate(successes: int, n: int) -> str:
-    """``0.94 [0.84, 0.98]``."""
-    lo, hi = wilson_interval(successes, n)
-    return f"{successes / n:.2f} [{lo:.2f}, {hi:.2f}]"
+__all__ = ["mcnemar_exact", "paper_style_table", "success_matrix", "wilson_interval"]
 
 
 def success_matrix(first_success_round: Sequence[int | None], iters: Sequence[int]) -> np.ndarray:
@@ -33,23 +27,31 @@ def success_matrix(first_success_round: Sequence[int | None], iters: Sequence[in
 
 def paper_style_table(rows: Sequence[dict], iters: Sequence[int], reference: int = 0,
                       alpha: float = 0.05) -> pd.DataFrame:
-    """Render rows ``{"label": str, "first_success_round": [...]}`` as the paper lays them out.
+    """Rows ``{"label": str, "first_success_round": [...]}`` as the paper lays them out, every
+    number a number.
 
-    Cells are ``rate [lo, hi]``; a ``*`` marks a cell that differs from row ``reference`` (FP32
-    by convention) beyond noise on the same episodes (exact McNemar, two-sided, ``alpha``).
+    Indexed by label (``config``); per iteration k the columns ``(f"{k} iters", success | lo |
+    hi | p | flag)``: the success rate within k rounds, its 95 % Wilson interval, the exact
+    two-sided McNemar p-value against row ``reference`` (FP32 by convention) on the same
+    episodes (NaN for the reference itself and for rows of other episodes) and ``p < alpha``.
+    Formatting belongs to a Styler, e.g. ``table.style.format(precision=2)``.
     """
     if not rows:
         raise ValueError("no rows to render")
     mats = [success_matrix(r["first_success_round"], iters) for r in rows]
     ref = mats[reference]
-    out = []
-    for r, m in zip(rows, mats, strict=True):
-        n = m.shape[0]
-        cells = {}
-        for j, k in enumerate(iters):
-            text = format_rate(int(m[:, j].sum()), n)
-            if m is not ref and m.shape == ref.shape and mcnemar_exact(m[:, j], ref[:, j]) < alpha:
-                text += " *"
-            cells[f"{k} iters"] = text
-        out.append({"config": r["label"], **cells})
-    return pd.DataFrame(out).set_index("config")
+    out = {}
+    for j, k in enumerate(iters):
+        head = f"{k} iters"
+        n = np.array([m.shape[0] for m in mats])
+        s = np.array([int(m[:, j].sum()) for m in mats])
+        bounds = np.array([wilson_interval(a, b) for a, b in zip(s, n, strict=True)])
+        p = [mcnemar_exact(m[:, j], ref[:, j]) if m is not ref and m.shape == ref.shape
+             else np.nan for m in mats]
+        out[(head, "success")] = s / n
+        out[(head, "lo")], out[(head, "hi")] = bounds[:, 0], bounds[:, 1]
+        out[(head, "p")] = np.array(p, dtype=float)
+        out[(head, "flag")] = out[(head, "p")] < alpha
+    table = pd.DataFrame(out, index=pd.Index([r["label"] for r in rows], name="config"))
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
