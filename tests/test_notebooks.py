@@ -73,10 +73,64 @@ def test_notebook_opens_with_a_parameters_cell_of_literals(name: str) -> None:
     assert "parameters" in cell.metadata.get("tags", [])
     assigned = {}
     for node in ast.parse(cell.source).body:
-        assert isinstance(node, ast.Assign), "the parameters cell holds assignments only"
-        assigned[node.targets[0].id] = ast.literal_eval(node.value)
+        # annotated (``name: type = value``, which papermill --help-notebook shows) or plain
+        assert isinstance(node, ast.AnnAssign | ast.Assign), "assignments only"
+        target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0]
+        assigned[target.id] = ast.literal_eval(node.value)
     assert {"profile", "device", "results_dir", "cache_dir", "env", "variant"} <= set(assigned)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    # the next cell checks every parameter before anything else runs
+    setup = nb.cells[nb.cells.index(cell) + 1].source
+    call = setup[setup.index("check_parameters("):]
+    assert all(f"{name}={name}" in call for name in assigned), call
+    assert setup.index("check_parameters(") < min(
+        setup.index(w) for w in ("study_profile(", "ResultStore(") if w in setup)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_papermill_shows_the_parameters_types(name: str) -> None:
+    import papermill
+
+    params = papermill.inspect_notebook(str(numbered_notebooks()[NOTEBOOKS.index(name)]))
+    types = {k: v["inferred_type_name"] for k, v in params.items()}
+    assert types["profile"] == types["device"] == types["variant"] == "str"
+    assert types["env"] == types["results_dir"] == types["cache_dir"] == "Optional[str]"
+    assert all(v["help"] for k, v in params.items() if k != "results_dir" or v["default"])
+
+
+@pytest.mark.parametrize(("parameters", "named"), [
+    ({"env": "Wall"}, ["env='Wall'", "'wall', 'pusht', None"]),
+    ({"profile": "fast"}, ["profile='fast'", "'smoke', 'quick', 'full'"]),
+    ({"variant": "designd"}, ["variant='designd'", "'paper', 'designed'"]),
+    ({"device": "gpu"}, ["device='gpu'", "cpu, cuda"]),
+    ({"results_dir": 3}, ["results_dir=3", "directory"]),
+    ({"threads": 0}, ["threads=0", "integer >= 1"]),
+])
+def test_a_bad_parameter_fails_in_one_line_naming_it(parameters, named) -> None:
+    from quantwm.study.notebooks import check_parameters
+
+    good = {"profile": "quick", "device": "cpu", "results_dir": None, "cache_dir": "/tmp",
+            "env": None, "variant": "paper", "threads": None}
+    check_parameters(**good)
+    with pytest.raises(ValueError) as err:
+        check_parameters(**{**good, **parameters})
+    assert "\n" not in str(err.value) and all(text in str(err.value) for text in named)
+    with pytest.raises(TypeError, match="unknown notebook parameter"):
+        check_parameters(envs="wall")
+
+
+def test_a_bad_parameter_stops_the_notebook_at_its_top(tmp_path) -> None:
+    """``-p env Wall`` under papermill fails in the cell after the parameters, in one line, not
+    deep in pandas."""
+    from quantwm.study.notebooks import NotebooksFailed, run_notebooks
+
+    with pytest.raises(NotebooksFailed) as err:
+        run_notebooks("smoke", output_dir=tmp_path / "out", only=["02"],
+                      parameters={"env": "Wall", "results_dir": str(tmp_path / "results")})
+    [failure] = err.value.failures
+    assert "ValueError: notebook parameter env='Wall' is not allowed" in failure.error
+    # cell 3: after the parameters cell and the one papermill injects
+    assert "In [3]" in failure.error and not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

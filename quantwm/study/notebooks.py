@@ -3,7 +3,29 @@
 Every notebook under ``notebooks/`` whose name starts with two digits is a report. Each opens
 with a cell tagged ``parameters`` (papermill's convention) holding at least ``profile``,
 ``device`` and ``results_dir``; the same notebook runs in seconds (``smoke``), minutes
-(``quick``) or the paper's whole grid (``full``) by parameters alone.
+(``quick``) or the paper's whole grid (``full``) by parameters alone. The parameters are
+annotated with their types (``papermill --help-notebook notebooks/02_weight_only.ipynb`` lists
+them) and the next cell checks them (:func:`check_parameters`): a bad value fails at once, in one
+line naming it and the allowed ones.
+
+Kernel transport: ipykernel warns "Kernel is running over TCP without encryption" unless the
+kernel manager provisions CurveZMQ keys, which only its ``transport_encryption`` setting asks
+for. :func:`run_notebooks` (``quantwm notebooks``, ``make report``) sets it; so can a Python
+caller, ``papermill.execute_notebook(src, out, config=kernel_config())``. The ``papermill``
+command cannot: it builds its kernel manager without reading any Jupyter configuration file
+(it is not a traitlets application; a ``jupyter_config.json`` setting
+``KernelManager.transport_encryption`` is ignored), and nothing on the kernel's side can encrypt
+a connection the manager opened in plain TCP. The warning is then true: the kernel's sockets
+listen on localhost unencrypted, which matters only on a machine shared with untrusted users.
+To silence it for every kernel of the kit's virtual environment, let the IPython kernel drop
+that one message (a file IPython reads from ``<venv>/etc/ipython``)::
+
+    mkdir -p .venv/etc/ipython
+    cat >> .venv/etc/ipython/ipython_kernel_config.py <<'END'
+    import logging
+    logging.getLogger("IPKernelApp").addFilter(
+        lambda record: "without encryption" not in record.getMessage())
+    END
 """
 
 from __future__ import annotations
@@ -23,6 +45,68 @@ from quantwm.utils import REPO_DIR, atomic_path, atomic_write_text
 NOTEBOOK_DIR = REPO_DIR / "notebooks"
 PROFILES = tuple(STUDY_PROFILES)
 _NUMBERED = re.compile(r"^\d\d_.+\.ipynb$")
+
+
+def _choice(name: str, value: Any, allowed: Iterable[Any], note: str = "") -> None:
+    allowed = tuple(allowed)
+    if isinstance(value, bool) or value not in allowed:
+        names = ", ".join(map(repr, allowed))
+        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected one of "
+                         f"{names}{note}")
+
+
+def _directory(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected a "
+                         "directory (a path string) or None for the default")
+
+
+def _device(name: str, value: Any) -> None:
+    from quantwm.cli import torch_device
+
+    if not isinstance(value, str):
+        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected a "
+                         "torch device name such as 'cpu', 'cuda', 'cuda:1' or 'mps'")
+    try:
+        torch_device(value, flag=f"notebook parameter {name}=")
+    except ValueError as err:
+        text = str(err).replace("= '", "='").replace("(use --device cpu)", "(use 'cpu')")
+        raise ValueError(text) from None
+
+
+def _threads(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected an "
+                         "integer >= 1 or None for the default")
+
+
+def check_parameters(**parameters: Any) -> None:
+    """Check a numbered notebook's parameters (the first cell after its parameters cell calls
+    this): each bad value fails with one line naming it and the allowed values.
+
+    ``profile``: a study profile (:data:`PROFILES`); ``env``: ``"wall"``, ``"pusht"`` or None
+    (both); ``variant``: ``"paper"`` or ``"designed"``; ``device``: a torch device this machine
+    has; ``results_dir`` / ``cache_dir``: a path or None (the default); ``threads``: an integer
+    >= 1 or None. Any other name is a TypeError.
+    """
+    from quantwm.study.grid import METHOD_VARIANTS
+    from quantwm.utils import ENV_NAMES
+
+    checks = {
+        "profile": lambda n, v: _choice(n, v, PROFILES),
+        "env": lambda n, v: _choice(n, v, (*ENV_NAMES, None), " (None: both)"),
+        "variant": lambda n, v: _choice(n, v, METHOD_VARIANTS),
+        "device": _device,
+        "results_dir": _directory,
+        "cache_dir": _directory,
+        "threads": _threads,
+    }
+    unknown = sorted(set(parameters) - set(checks))
+    if unknown:
+        raise TypeError(f"unknown notebook parameter(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(checks)}")
+    for name, value in parameters.items():
+        checks[name](name, value)
 
 
 @dataclass(frozen=True)
@@ -106,7 +190,7 @@ def run_notebooks(
                     papermill.execute_notebook(
                         str(source), str(tmp), parameters=params, kernel_name=kernel_name,
                         cwd=str(source.parent), log_output=log_output, progress_bar=False,
-                        config=_kernel_config(),
+                        config=kernel_config(),
                     )
                 except BaseException as err:
                     kept = _keep_partial(tmp, partial)
@@ -181,9 +265,10 @@ def _error_line(err: BaseException) -> str:
     return " ".join(text.split())[:400]
 
 
-def _kernel_config() -> Any:
+def kernel_config() -> Any:
     """Kernel-manager settings: CurveZMQ-encrypt the kernel's local sockets where pyzmq can
-    (otherwise ipykernel warns on every notebook that they are plain TCP)."""
+    (otherwise ipykernel warns on every notebook that they are plain TCP). Pass it to
+    ``papermill.execute_notebook(..., config=kernel_config())``."""
     import zmq
     from traitlets.config import Config
 
