@@ -255,24 +255,27 @@ def kernel_table(rows: int, repeats: int) -> None:
         }
         cases.append(c)
     names = [n for n in cases[0] if n != "x"]
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: Times = {n: {"wall": [], "cpu": []} for n in names}
     with torch.inference_mode():
         for r in range(repeats + 1):
             for n in rotated(names, r):
-                total = 0.0
+                wall = cpu = 0.0
                 for c in cases:
                     x = c["x"].clone()  # a private temporary, as the block's LayerNorm output
-                    t0 = time.perf_counter()
-                    c[n](x)
-                    total += (time.perf_counter() - t0) * getattr(c[n], "time_factor", 1)
+                    with Clock() as clock:
+                        c[n](x)
+                    factor = getattr(c[n], "time_factor", 1)
+                    wall, cpu = wall + clock.wall * factor, cpu + clock.cpu * factor
                 if r:
-                    times[n].append(total)
-    base = statistics.median(times["fp32"])
+                    times[n]["wall"].append(wall)
+                    times[n]["cpu"].append(cpu)
+    med = _medians(times)
     print(f"\n== kernel candidates: the predictor's 4 Linears {SHAPES} at {rows} rows, median "
           f"of {repeats} interleaved repeats, {load_note()} (taken beside whatever else runs)")
+    print(f"  {'':46s} {'wall ms':>9s} {'x fp32':>7s} {'cpu ms':>9s} {'x fp32':>7s}")
     for n in names:
-        med = statistics.median(times[n])
-        print(f"  {n:46s} {1e3 * med:9.1f} ms  {med / base:6.2f}x fp32 time")
+        print(f"  {n:46s} {1e3 * med[n]['wall']:9.1f} {med[n]['wall'] / med['fp32']['wall']:6.2f}x"
+              f" {1e3 * med[n]['cpu']:9.1f} {med[n]['cpu'] / med['fp32']['cpu']:6.2f}x")
     print("  (* = used by quantwm.quant.lower. _int_mm: the GEMM alone, without the activation "
           "codes (signed, so shifted by 128), int32 -> float and scales the others include; "
           "int4pack: bf16 activations, which changes the numerics)")

@@ -106,6 +106,18 @@ def test_each_kind_computes_what_the_fake_quant_linear_computes(case: str, k: in
         assert err < 2e-6, err
 
 
+@pytest.mark.parametrize(("bits", "lo", "hi"), [(8, -11.5, 243.5), (4, -1.5, 13.5)])
+def test_per_token_codes_that_overshoot_at_a_tie_are_clamped_as_fake_quant_does(
+        bits: int, lo: float, hi: float) -> None:
+    """s = 1 and both ends at .5 ties that round up: round(hi) + round(-lo) = qmax + 1."""
+    q = _quant_linear(16, 5, 8, bits, "per_token")
+    x = torch.linspace(lo, hi, 16).repeat(4, 1)
+    x[:, 0], x[:, -1] = lo, hi
+    with torch.inference_mode():
+        want, got = q(x.clone()), Int8Linear(q)(x.clone())
+    assert float((got - want).abs().max() / want.abs().max()) < 2e-6
+
+
 def test_a_lowered_linear_leaves_a_shared_input_alone() -> None:
     q = _quant_linear(148, 37, 8, 8, inplace=False)
     x = _inputs(148)

@@ -17,41 +17,49 @@ kind              QuantLinear it takes            kernel (CPU)
                                                   then MKL's float GEMM
 ================  ==============================  ============================================
 
-Why these (measured on the kit's 2-core AMD EPYC, AVX-512 VNNI, torch 2.13, planner-shaped
-GEMMs 16384 x {148, 128, 592} -> {384, 148, 592}; ``benchmarks/deploy_speed.py --kernels``
-prints the table): fbgemm's int8 GEMM runs at ~0.25x the float32 time at 1 thread; the other
-int8 paths in torch are slower than float32 here (``torch._int_mm`` and
-``aten._weight_int8pack_mm``, 10-30x; oneDNN's ``qlinear_pointwise`` needs a uint8 input that
-costs extra passes). Weight-only int4/int8 kernels cannot beat a float GEMM on a CPU at the
-planner's batch (the work is the GEMM, not the weight traffic), so ``packed`` buys memory, not
-speed: it dequantizes the weight (a few thousand elements, < 1 % of the GEMM) and uses MKL.
+Why these (measured on the kit's 2-core AMD EPYC, AVX-512 VNNI, torch 2.13, the predictor's
+four Linears at one planner call, 16384 rows; ``benchmarks/deploy_speed.py --kernels`` prints
+the table): the whole static int8 Linear above (codes, GEMM, scales, bias) takes ~0.4x the
+float32 Linear's CPU time at 1 thread, the fake-quant Linear ~1.0-1.1x. oneDNN's
+``qlinear_pointwise`` has a faster GEMM but needs its uint8 input made by separate passes
+(~0.45x in all); ``torch._int_mm`` multiplies fast too but takes signed int8 activations and
+returns int32, so the zero point, the conversion and the scales each cost a pass;
+``aten._weight_int8pack_mm`` is 20-40x slower than float32 here; the fbgemm kernel behind
+``quantize_dynamic`` (``linear_dynamic``) is fast but quantizes per tensor from each input's own
+range, which is neither of the kit's schemes. Weight-only kernels cannot beat a float GEMM on a
+CPU at the planner's batch (the work is the GEMM, not the weight traffic; the int4 kernel,
+``_weight_int4pack_mm_for_cpu``, is fast only with bf16 activations), so ``packed`` buys
+memory, not speed: it dequantizes the weight (< 1 % of the GEMM's time) and uses MKL. torchao
+0.18 adds nothing here: in eager mode its int8 dynamic Linear is slower than float32 and its
+weight-only ones run the float GEMM, and its C++ kernels do not load with this torch/Python.
 
 **Numerics.** By default (``rounding="exact"``) the activation codes are computed with the kit's
 own formula, ``round(x / s)`` in float32, before the kernel sees them (the kernel then receives
 integers with scale 1 and adds the zero point exactly); the weight codes are read back from the
 fake-quantized weight (checked bit for bit). The integer GEMM accumulates exactly in int32 (no
 overflow: 255 * 128 * K < 2^31 for K < 65,000) and rounds once to float, so a lowered Linear
-matches the fake-quant Linear to float rounding, ~1e-7 relative. Through a whole model the two
-differ more rarely than that suggests but more than it on those rows: a float difference of one
-ulp upstream can move a later activation across a rounding tie, which changes one code by one
-(see ``tests/test_deploy.py``, where the rate is measured; the fake-quant model is as sensitive
-to its own float summation order).
+matches the fake-quant Linear to float rounding, ~1e-7 relative. Through a whole model, a
+one-ulp difference upstream now and then moves a later activation across a rounding tie, which
+changes that code by one; float32 fake quantization does the same against its own float64
+evaluation, and the lowered model stays as close to that float64 evaluation as float32 fake
+quantization does (``tests/test_deploy.py``).
 
 ``rounding="kernel"`` (static per-tensor only, 8-bit activations) lets fbgemm quantize the
-activations itself: one elementwise pass less, but fbgemm computes ``nearbyint(x * (1/s) + z)``
+activations itself: two elementwise passes fewer, but fbgemm computes ``nearbyint(x * (1/s) + z)``
 in float32, which rounds differently from ``round(x / s) + z`` when ``x / s`` is within float
 error of a tie (a few codes per million, each off by one; on such a row the output moves by one
 activation step times a weight).
 
 On a CPU without VNNI, fbgemm's uint8 x int8 kernel adds pairs of products in int16 with
-saturation (255 * 127 * 2 > 32767); :func:`lower` probes the kernel once and refuses 8-bit
-activations there instead of returning different numbers.
+saturation (255 * 127 * 2 > 32767); :func:`lower` probes the kernel once and refuses the int8
+kinds there instead of returning different numbers.
 
 A lowered model is for inference (no gradients) on CPU; ``packed`` Linears are plain torch and
 run on any device. It is rebuilt, not saved: fbgemm's packed weights are not in the
-``state_dict`` (save the quantized model or its config, and lower after loading). Requests without a kernel fail with a one-line ``ValueError`` naming what is
-missing: grouped or asymmetric weights with quantized activations, quantized activations with
-float weights, integer kernels on a device other than the CPU, a CPU without fbgemm.
+``state_dict`` (save the quantized model or its config, and lower after loading). Requests
+without a kernel fail with a one-line ``ValueError`` naming what is missing: grouped or
+asymmetric weights with quantized activations, quantized activations with float weights,
+integer kernels on a device other than the CPU, a CPU without fbgemm's exact int8 kernel.
 """
 
 from __future__ import annotations
@@ -290,7 +298,8 @@ class Int8Linear(LoweredLinear):
         y = x.div_(qp.scale) if self._private(x) else x / qp.scale
         y.round_()
         if not self.a_symmetric:  # as ActQuantizer: only the top can overshoot, by one code
-            torch.minimum(y, self.qmax - qp.zero_point, out=y)
+            if not self.full_range:  # (at 8 bits fbgemm's own clamp to 0..255 does it)
+                torch.minimum(y, self.qmax - qp.zero_point, out=y)
             y.add_(qp.zero_point)  # codes c in 0..qmax, fed with zero point 0
         out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
             y, 1.0, self.x_zero, self.packed)
