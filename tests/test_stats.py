@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from quantwm.study import analysis
+from quantwm.study import Experiment, analysis
 from quantwm.study.stats import (
     CLAIM_KINDS,
     INSIGHT_TESTS,
@@ -275,7 +275,8 @@ def _store(tmp_path, outcomes: dict[str, list[int | None]], ids=None) -> ResultS
     (tmp_path / "wall").mkdir(parents=True, exist_ok=True)
     for key, first in outcomes.items():
         ep_ids = (ids or {}).get(key, [f"ep{i}" for i in range(len(first))])
-        rec = {"key": key, "episodes": {"ids": ep_ids, "first_success_round": first}}
+        rec = {"key": key, "experiment": Experiment("wall", episodes=len(first)).to_dict(),
+               "episodes": {"ids": ep_ids, "first_success_round": first}}
         (tmp_path / "wall" / f"{key}.json").write_text(json.dumps(rec))
     return ResultStore(tmp_path, check_checkpoints=False)
 
