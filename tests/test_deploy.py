@@ -401,7 +401,8 @@ def test_the_deployment_notebook_runs_in_smoke(tmp_path) -> None:
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
     first = next(c for c in nb.cells if c.cell_type == "code")
     assert "parameters" in first.metadata.get("tags", [])
-    names = {n.targets[0].id for n in ast.parse(first.source).body}
+    names = {(n.target if isinstance(n, ast.AnnAssign) else n.targets[0]).id  # typed or not
+             for n in ast.parse(first.source).body}
     assert {"profile", "device", "results_dir", "cache_dir", "env", "variant"} <= names
     out = tmp_path / "07.ipynb"
     papermill.execute_notebook(
