@@ -584,3 +584,19 @@ def test_wall_state_features_weight_the_door_path():
     np.testing.assert_allclose(scale[4], scale[0] / DOOR_PATH_WEIGHT)  # px units of agent x
     np.testing.assert_allclose(scale[:4], feats[:, :4].std(0) + 1e-6)
     assert state_features("pusht", rng.normal(size=(3, 7)), {}).shape == (3, 6)
+
+
+def test_training_reads_the_data_the_shipped_models_were_trained_on() -> None:
+    """`quantwm train --env pusht` reads the shipped file plus its listed extensions, as the
+    shipped pusht.pt records; stage 1 (the encoder) reads the shipped files alone."""
+    from quantwm.model import load
+    from quantwm.model.cli import dataset_meta
+    from quantwm.model.sources import load_trajectories
+
+    def data(meta: dict) -> tuple:  # what was trained on, not when it was generated
+        return (meta["trajectories"], meta["train"], meta["seed"],
+                [(e["seed"], e["n_traj"]) for e in meta["extensions"]])
+
+    shipped = load("pusht").meta["dataset"]
+    assert data(dataset_meta(load_trajectories("pusht"))) == data(shipped)
+    assert load_trajectories("pusht", with_extensions=False).n_traj < shipped["trajectories"]

@@ -197,7 +197,8 @@ def train_encoder(path: Path, *, minutes: float | None, steps: int | None = None
 
     seed_everything(seed)
     model = WorldModel(WorldModelConfig.for_env("wall"))
-    sources = {env: EnvFrames(env, load_trajectories(env), "train", model.config.img_size)
+    sources = {env: EnvFrames(env, load_trajectories(env, with_extensions=False), "train",
+                              model.config.img_size)
                for env in ENV_NAMES}
     summary = pretrain_encoder(model, sources, minutes=minutes, max_steps=steps, seed=seed,
                                device=device, state_path=resume_state_path(path, STATE_DIR),

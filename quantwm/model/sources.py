@@ -19,15 +19,20 @@ def trajectories_path(env_name: str):
     return DATA_DIR / check_env_name(env_name) / "trajectories.npz"
 
 
-def load_trajectories(env_name: str) -> Any:
-    """The ``quantwm.data.Trajectories`` of an env, or an error naming the command to make it."""
-    from quantwm.data import Trajectories
+def load_trajectories(env_name: str, with_extensions: bool = True) -> Any:
+    """The ``quantwm.data.Trajectories`` of an env, or an error naming the command to make it.
+
+    With the training trajectories ``data/<env>/extensions.json`` lists (generated on first
+    use): the shipped PushT model was trained on them (its ``meta["dataset"]``).
+    ``with_extensions=False``: the shipped file alone (stage 1, the encoder, was trained on it).
+    """
+    from quantwm.data import load_trajectories as load
 
     path = trajectories_path(env_name)
     if not path.exists():
-        raise FileNotFoundError(f"no dataset at {path}; make it with `quantwm data --env "
+        raise FileNotFoundError(f"no dataset at {path}; make it with `quantwm data make --env "
                                 f"{env_name}` (see quantwm.data)")
-    return Trajectories.load(path)
+    return load(env_name, with_extensions=with_extensions)
 
 
 #: what ``state_features`` returns per frame, in order
