@@ -85,11 +85,15 @@ def test_paper_table_flags_a_configuration_that_differs_from_fp32_on_the_same_ep
         tmp_path) -> None:
     import json
 
+    from quantwm.study import Experiment
+
     first = {"wall-fp": [0] * 10, "wall-same": [0] * 9 + [None], "wall-broken": [None] * 10}
     for key, rounds in first.items():
         path = tmp_path / "wall" / f"{key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "episodes": {"first_success_round": rounds}}))
+        exp = Experiment("wall", episodes=len(rounds)).to_dict()  # a whole record
+        path.write_text(json.dumps({"key": key, "experiment": exp,
+                                    "episodes": {"first_success_round": rounds}}))
     frame = study_rows(3, iters=(0,))
     frame["key"] = list(first)
     frame["success"] = [1.0, 0.9, 0.0]
