@@ -167,25 +167,24 @@ def summary_table(store: ResultStore, preference: dict[str, Sequence[str]] = PRE
                     "estimate": r.estimate, "lo": r.lo, "hi": r.hi, "p": r.p_value, "n": r.n,
                     "mde": r.mde, "verdict": v.word, "reason": v.reason}
 
-    judged_v: set[str] = set()
-    for name in preference["alignment"]:  # V: one row per aggressive configuration
+    judged_v: set[tuple[str, str]] = set()  # (env, configuration): its most powerful run
+    test_claim = {x.name: x.paper for x in INSIGHT_V_TESTS}
+    for name in preference["alignment"]:  # V: one row per aggressive configuration and test
         if name not in records:
             continue
         for env in ("wall", "pusht"):
-            if env in judged_v:
-                continue
             t = insight5_table(records[name], env, seed=options.get("seed", 0))
-            if t.empty:
-                continue
-            judged_v.add(env)
-            test_claim = {x.name: x.paper for x in INSIGHT_V_TESTS}
-            for _, r in t.iterrows():
-                rows[(r["test"], f"{env} {r['configuration']}")] = {
-                    "insight": "V", "test": r["test"], "env": f"{env}: {r['configuration']}",
-                    "paper claim": test_claim[r["test"]], "paper": np.nan, "profile": name,
-                    "iters": np.nan, "estimate": r["estimate"], "lo": r["lo"], "hi": r["hi"],
-                    "p": r["p"], "n": r["n"], "mde": r["mde"], "verdict": r["verdict"],
-                    "reason": r["reason"]}
+            for conf, sub in (t.groupby("configuration", sort=False) if not t.empty else ()):
+                if (env, conf) in judged_v:
+                    continue
+                judged_v.add((env, conf))
+                for _, r in sub.iterrows():
+                    rows[(r["test"], f"{env} {conf}")] = {
+                        "insight": "V", "test": r["test"], "env": f"{env}: {conf}",
+                        "paper claim": test_claim[r["test"]], "paper": np.nan,
+                        "profile": name, "iters": np.nan, "estimate": r["estimate"],
+                        "lo": r["lo"], "hi": r["hi"], "p": r["p"], "n": r["n"], "mde": r["mde"],
+                        "verdict": r["verdict"], "reason": r["reason"]}
     out = pd.DataFrame(list(rows.values()))
     if out.empty:
         return out
