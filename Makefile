@@ -13,7 +13,7 @@ ARGS    ?=
 $(BIN)/quantwm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	@touch $@
 
 install: $(BIN)/quantwm
