@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,40 +38,113 @@ CACHE_DIR = DATA_DIR / "cache"
 CALIBRATION_SEED = 1
 
 
+def calibration_path(env: str, profile: str, cache_dir: str | Path = CACHE_DIR,
+                     episodes: int = 50) -> Path:
+    """Where :func:`calibration_data` caches the calibration of ``env``'s shipped checkpoint."""
+    from quantwm.model import checkpoint_digest
+
+    return Path(cache_dir) / f"calibration-{env}-{checkpoint_digest(env)}-{profile}-n{episodes}.pt"
+
+
+def cached_calibration(path: Path) -> dict[str, list[torch.Tensor]] | None:
+    """The calibration cached at ``path``, or None when there is none or it cannot be read
+    (then with a warning: it is recorded again, deterministically)."""
+    from quantwm.plan import load_calibration
+
+    if not path.exists():
+        return None
+    try:
+        return load_calibration(path)
+    except ValueError as err:  # a damaged cache: record it again (it is deterministic)
+        print(f"warning: {' '.join(str(err).split())}; recording it again", file=sys.stderr,
+              flush=True)
+        return None
+
+
+def record_calibration_of(model: torch.nn.Module, env: str, profile: str, episodes: Any,
+                          device: torch.device | str = "cpu") -> dict[str, list[torch.Tensor]]:
+    """Record ``model``'s calibration inputs: 2 FP32 MPC rounds on ``episodes`` (the calibration
+    episodes: ``calibration_episodes(env, n, seed=CALIBRATION_SEED)``)."""
+    from quantwm.plan import planner_config, record_calibration
+
+    return record_calibration(model, episodes, planner_config(env, profile), rounds=2,
+                              device=device)
+
+
 def calibration_data(env: str, profile: str, device: torch.device | str = "cpu",
                      cache_dir: str | Path = CACHE_DIR, episodes: int = 50,
                      model: torch.nn.Module | None = None) -> dict[str, list[torch.Tensor]]:
     """The recorded encoder/predictor inputs of 2 FP32 MPC rounds (cached on disk; a cache
     that cannot be read is recorded again, with a warning)."""
     from quantwm.data import calibration_episodes
-    from quantwm.model import checkpoint_digest, load
-    from quantwm.plan import load_calibration, planner_config, record_calibration, save_calibration
+    from quantwm.model import load
+    from quantwm.plan import save_calibration
 
-    path = Path(cache_dir) / f"calibration-{env}-{checkpoint_digest(env)}-{profile}-n{episodes}.pt"
-    if path.exists():
-        try:
-            return load_calibration(path)
-        except ValueError as err:  # a damaged cache: record it again (it is deterministic)
-            print(f"warning: {' '.join(str(err).split())}; recording it again", file=sys.stderr,
-                  flush=True)
+    path = calibration_path(env, profile, cache_dir, episodes)
+    calib = cached_calibration(path)
+    if calib is not None:
+        return calib
     model = model if model is not None else load(env, device)
     eps = calibration_episodes(env, n=episodes, seed=CALIBRATION_SEED)
-    calib = record_calibration(model, eps, planner_config(env, profile), rounds=2, device=device)
+    calib = record_calibration_of(model, env, profile, eps, device)
     save_calibration(calib, path)
     return calib
 
 
+@dataclass
+class ExperimentInputs:
+    """What :func:`run_experiment` otherwise reads from ``data/``, handed to it instead (by the
+    Ray executor, whose workers share no filesystem with the driver). Built from the same files,
+    they give the same record.
+
+    ``checkpoint`` holds the bytes of the env's checkpoint file (named ``checkpoint_file``,
+    :func:`quantwm.model.checkpoint_digest` ``checkpoint_sha1``); ``episodes`` the evaluation
+    episodes (``evaluation_episodes(env, n=experiment.episodes, seed=experiment.seed)``);
+    ``segments`` the latent-error validation segments (``validation_segments(env,
+    num_hist=...)``); ``calibration`` the calibration (:func:`calibration_data`; None for FP32).
+    """
+
+    checkpoint: bytes
+    checkpoint_file: str
+    checkpoint_sha1: str
+    episodes: Any
+    segments: Any
+    calibration: dict[str, list[torch.Tensor]] | None = None
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha1(self.checkpoint).hexdigest()[:10]
+        if digest != self.checkpoint_sha1:
+            raise ValueError(f"the checkpoint bytes handed in for {self.checkpoint_file} have "
+                             f"SHA-1 {digest}, not {self.checkpoint_sha1}")
+
+    def load_model(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The checkpoint's model (eval mode, on ``device``), as ``quantwm.model.load`` gives it."""
+        from quantwm.model import load
+
+        with tempfile.TemporaryDirectory(prefix="quantwm-checkpoint-") as tmp:
+            path = Path(tmp) / Path(self.checkpoint_file).name
+            path.write_bytes(self.checkpoint)
+            return load(path, device)
+
+
 def build_model(experiment: Experiment, device: torch.device | str = "cpu",
-                cache_dir: str | Path = CACHE_DIR, **quant_options: Any) -> torch.nn.Module:
-    """The (quantized) world model of an experiment, on ``device``."""
+                cache_dir: str | Path = CACHE_DIR, *, inputs: ExperimentInputs | None = None,
+                **quant_options: Any) -> torch.nn.Module:
+    """The (quantized) world model of an experiment, on ``device`` (from ``inputs`` when given,
+    else from ``data/``)."""
     from quantwm.model import load
     from quantwm.quant import quantize
 
-    model = load(experiment.env, device)
+    model = load(experiment.env, device) if inputs is None else inputs.load_model(device)
     if experiment.is_float:
         return model
-    calib = calibration_data(experiment.env, experiment.profile, device, cache_dir,
-                             experiment.calib_episodes, model=model)
+    if inputs is None:
+        calib = calibration_data(experiment.env, experiment.profile, device, cache_dir,
+                                 experiment.calib_episodes, model=model)
+    elif inputs.calibration is None:
+        raise ValueError(f"{experiment.key()} is quantized: its inputs need the calibration")
+    else:
+        calib = inputs.calibration
     calib = {part: [t.to(device) for t in ts] for part, ts in calib.items()}
     return quantize(model, experiment.quant_config(**quant_options), calib)
 
@@ -96,24 +172,36 @@ def latent_error_of(experiment: Experiment, model: torch.nn.Module,
 
 def run_experiment(experiment: Experiment, store: ResultStore | None = None,
                    device: torch.device | str = "cpu", cache_dir: str | Path = CACHE_DIR,
-                   progress: bool = False, **quant_options: Any) -> dict[str, Any]:
-    """Quantize, plan on the evaluation episodes, and return (and store) one result record."""
+                   progress: bool = False, *, inputs: ExperimentInputs | None = None,
+                   **quant_options: Any) -> dict[str, Any]:
+    """Quantize, plan on the evaluation episodes, and return (and store) one result record.
+
+    With ``inputs`` (:class:`ExperimentInputs`) nothing is read from ``data/``: the checkpoint,
+    calibration, episodes and validation segments are those handed in (the same record)."""
     from quantwm.data import evaluation_episodes
     from quantwm.model import checkpoint_digest, checkpoint_path
     from quantwm.plan import plan_episodes, planner_config
     from quantwm.quant import model_size_bits
+    from quantwm.study.latent import latent_error_record
 
     t0 = time.perf_counter()
-    checkpoint = {"file": checkpoint_path(experiment.env).name,
-                  "sha1": checkpoint_digest(experiment.env)}
-    model = build_model(experiment, device, cache_dir, **quant_options)
+    if inputs is None:
+        checkpoint = {"file": checkpoint_path(experiment.env).name,
+                      "sha1": checkpoint_digest(experiment.env)}
+    else:
+        checkpoint = {"file": inputs.checkpoint_file, "sha1": inputs.checkpoint_sha1}
+    model = build_model(experiment, device, cache_dir, inputs=inputs, **quant_options)
     quant_seconds = time.perf_counter() - t0
-    episodes = evaluation_episodes(experiment.env, n=experiment.episodes, seed=experiment.seed)
+    episodes = (evaluation_episodes(experiment.env, n=experiment.episodes, seed=experiment.seed)
+                if inputs is None else inputs.episodes)
     config = planner_config(experiment.env, experiment.profile, seed=experiment.seed)
     result = plan_episodes(model, episodes, config, device=device, progress=progress)
 
     t_latent = time.perf_counter()
-    latent = latent_error_of(experiment, model, device)
+    if inputs is None:
+        latent = latent_error_of(experiment, model, device)
+    else:  # as _reference gives it: the FP32 model of the same checkpoint, in eval mode
+        latent = latent_error_record(model, inputs.load_model(device).eval(), inputs.segments)
     latent_seconds = time.perf_counter() - t_latent
 
     iters = [k for k in paper_iters(experiment.env) if k <= config.mpc_rounds]
@@ -173,12 +261,21 @@ def _nan_to_none(a: np.ndarray) -> list:
     return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(a)]
 
 
+EXECUTORS = ("local", "ray")
+
+
 def run_sweep(experiments: Sequence[Experiment], store: ResultStore,
               device: torch.device | str = "cpu", force: bool = False,
               on_done: Callable[[Experiment, dict[str, Any]], None] | None = None,
-              cache_dir: str | Path = CACHE_DIR, workers: int = 1,
-              **quant_options: Any) -> list[Experiment]:
+              cache_dir: str | Path = CACHE_DIR, workers: int = 1, executor: str = "local",
+              ray_options: Any = None, **quant_options: Any) -> list[Experiment]:
     """Run every experiment without a stored result (all with ``force``); returns those run.
+
+    ``executor="ray"`` runs them as Ray tasks instead of local processes
+    (:mod:`quantwm.study.ray_executor`; ``ray_options`` a
+    :class:`~quantwm.study.ray_executor.RayOptions`, which says where and with what resources;
+    ``device`` and ``workers`` are then unused); the same experiment gives the same record.
+    Ray is not started when nothing is left to run.
 
     Each result is written as soon as it is done, so an interrupted sweep resumes where it
     stopped and a rerun duplicates nothing. ``workers > 1`` runs experiments in that many
@@ -195,23 +292,40 @@ def run_sweep(experiments: Sequence[Experiment], store: ResultStore,
     ``KeyboardInterrupt``) is raised. Workers end by themselves, writing nothing, if the
     sweep's process dies (even by SIGKILL).
     """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; expected one of {EXECUTORS}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     from quantwm.study.interrupt import terminate_as_interrupt
 
+    if executor == "ray":
+        from quantwm.study.ray_executor import RayOptions, check_ray_options
+
+        ray_options = check_ray_options(ray_options if ray_options is not None else RayOptions())
     store.remove_stale_files()
     todo = (list(dict.fromkeys(experiments)) if force
             else store.missing(list(experiments), set_aside=True))
     queue = _ClaimQueue(todo, store, force)
+    if executor == "ray":
+        from quantwm.study.ray_executor import run_ray_sweep
+
+        ran = (run_ray_sweep(queue, store, ray_options, on_done, cache_dir, quant_options)
+               if todo else [])
+        _say_skipped(queue, store)
+        return ran
     with terminate_as_interrupt():
         if workers == 1 or len(todo) <= 1:
             ran = _run_serial(queue, store, device, on_done, cache_dir, quant_options)
         else:
             ran = _run_parallel(queue, store, device, on_done, cache_dir, workers, quant_options)
+    _say_skipped(queue, store)
+    return ran
+
+
+def _say_skipped(queue: _ClaimQueue, store: ResultStore) -> None:
     for exp in queue.skipped:
         print(f"skipped {exp.key()}: another sweep is running it ({store.claim_holder(exp)}); "
               "its result will be in this store", file=sys.stderr, flush=True)
-    return ran
 
 
 class _ClaimQueue:
