@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
              "add_arguments", "run"),
     "train": ("quantwm.model.cli", "train the world model of an environment",
               "add_arguments", "run"),
-    "eval": ("quantwm.plan.cli", "evaluate the FP32 planner on the shipped checkpoint",
+    "eval": ("quantwm.plan.cli", "plan with a shipped checkpoint, FP32 or quantized (--quant)",
              "add_arguments", "run"),
     "sweep": ("quantwm.study.cli", "run the experiments of the paper's tables (resumable)",
               "add_sweep_arguments", "run_sweep_command"),
