@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import alive as _alive  # noqa: E402
+from procs import descendants as _descendants  # noqa: E402
+from procs import kill_left  # noqa: E402
 
 pytest.importorskip("ray", reason="Ray is the optional extra: pip install 'quantwm[ray]'")
 
@@ -72,32 +75,6 @@ cluster.shutdown()
 
 
 # ------------------------------------------------------------------------------ helpers
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def _descendants(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        for kid in _children(todo.pop()):
-            if kid not in found:
-                found.add(kid)
-                todo.append(kid)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def _title(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
@@ -222,12 +199,7 @@ class Setup:
         if proc.poll() is None:
             proc.kill()
         proc.wait(30)
-        deadline = time.monotonic() + 20
-        while any(_alive(p) for p in self.family) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in self.family:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_left(self.family)
 
     def local_records(self) -> dict[str, dict]:
         if self._local_out is None:
@@ -258,12 +230,7 @@ class Setup:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(30)
-        deadline = time.monotonic() + 20
-        while any(_alive(p) for p in self.family) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in self.family:  # only processes this test started
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_left(self.family)  # only processes this test started
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from procs import alive as _alive
+from procs import descendants as _descendants
+from procs import wait_gone as _wait_gone
 
 from quantwm.study import Experiment, ResultStore
 from quantwm.utils import DATA_DIR, REPO_DIR
@@ -225,41 +228,6 @@ def test_two_sweeps_on_one_store_run_each_experiment_once(tmp_path) -> None:
 
 
 # ----------------------------------------- interrupting sweeps and notebook batches (item 1)
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids
-
-
-def _descendants(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        for kid in _children(todo.pop()):
-            if kid not in found:
-                found.add(kid)
-                todo.append(kid)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _wait_gone(pids: set[int], timeout: float = 20.0) -> set[int]:
-    deadline = time.monotonic() + timeout
-    while (alive := {p for p in pids if _alive(p)}) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return alive
-
-
 def _result_files(root: Path) -> list[Path]:
     return sorted(root.glob("wall/*.json"))
 

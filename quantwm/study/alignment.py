@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from quantwm.study.stats import Claim, EpisodeTest, judge, minimum_detectable_effect, paired_test
+from quantwm.utils import spearman
 
 N_BOOT = 2000
 
@@ -80,8 +80,7 @@ class Trajectories:
         """Spearman's rho of objective vs distance over the (episode, round) pairs of
         ``episodes`` (indices, repeats allowed; default all)."""
         idx = np.arange(len(self.ids)) if episodes is None else episodes
-        rho = sps.spearmanr(self.objective[idx].ravel(), self.distance[idx].ravel()).statistic
-        return float(rho)
+        return spearman(self.objective[idx].ravel(), self.distance[idx].ravel())
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -446,20 +446,9 @@ def latent_error_test(record: dict[str, Any], reference: dict[str, Any], step: i
     that differ by orders of magnitude). ``options`` go to
     :func:`quantwm.study.stats.episode_test`.
     """
-    errors = []
-    for rec in (reference, record):
-        lat = rec.get("latent_error")
-        if not lat:
-            raise ValueError(f"record {rec.get('key', '?')!r} has no latent_error; rerun it "
-                             f"with a runner that measures it")
-        if step not in lat["steps"]:
-            raise ValueError(f"step must be one of {lat['steps']}, got {step!r}")
-        mse = np.asarray(lat["mse"], dtype=float)[:, list(lat["steps"]).index(step)]
-        errors.append((list(lat["segments"]), mse))
-    (seg_a, a), (seg_b, b) = errors
-    if seg_a != seg_b:
-        raise ValueError(f"{record.get('key', '?')!r} and {reference.get('key', '?')!r} were "
-                         f"measured on different segments; a paired test needs the same ones")
+    from quantwm.study.latent import step_errors
+
+    a, b = step_errors(record, reference, step)
     if log:
         if (a <= 0).any() or (b <= 0).any():
             raise ValueError("log=True needs positive latent errors")

@@ -119,19 +119,32 @@ def latent_error_record(model: torch.nn.Module, reference: torch.nn.Module,
 
 
 # ------------------------------------------------------------------ Insight IV on latent error
+def step_errors(record: dict[str, Any], reference: dict[str, Any], step: int = 1
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(reference's, record's)`` latent error per segment at rollout ``step`` (1-based),
+    checked to come from the same segments; ValueError naming what is missing otherwise."""
+    errors = []
+    for rec in (reference, record):
+        lat = rec.get("latent_error")
+        if not lat:
+            raise ValueError(f"record {rec.get('key', '?')!r} has no latent_error yet; run "
+                             f"quantwm sweep on its profile to add it")
+        if step not in lat["steps"]:
+            raise ValueError(f"step must be one of {lat['steps']}, got {step!r}")
+        errors.append((list(lat["segments"]),
+                       np.asarray(lat["mse"], dtype=float)[:, list(lat["steps"]).index(step)]))
+    (seg_a, a), (seg_b, b) = errors
+    if seg_a != seg_b:
+        raise ValueError(f"{record.get('key', '?')!r} and {reference.get('key', '?')!r} were "
+                         f"measured on different segments; a paired comparison needs the same")
+    return a, b
+
+
 def log_ratio(record: dict[str, Any], fp32: dict[str, Any], step: int = 1) -> np.ndarray:
     """Per segment, ``log(err_config / err_fp32)`` at rollout ``step`` (1-based): how much the
     configuration adds to FP32's own prediction error on the same segment."""
-    a, b = fp32.get("latent_error"), record.get("latent_error")
-    if a is None or b is None:
-        raise ValueError(f"{record.get('key')} or its FP32 record has no latent_error yet; run "
-                         f"quantwm sweep on its profile to add it")
-    if a["segments"] != b["segments"]:
-        raise ValueError(f"{record.get('key')} and FP32 were measured on different segments")
-    if step not in a["steps"]:
-        raise ValueError(f"step must be one of {a['steps']}, got {step!r}")
-    k = a["steps"].index(step)
-    return np.log(np.array(b["mse"])[:, k] / np.array(a["mse"])[:, k])
+    a, b = step_errors(record, fp32, step)
+    return np.log(b / a)
 
 
 def _encoder_reduced(exp: Any) -> bool:

@@ -120,12 +120,13 @@ def _paper_rows(paper: pd.DataFrame, env: str, cfg: dict[str, Any]) -> dict[int,
     return dict(zip(sub["iters"].astype(int), sub["success"].astype(float), strict=True))
 
 
-def profile_records(store: ResultStore, profile: StudyProfile) -> list[dict[str, Any]]:
-    """The stored records made under a profile's run fields (planner, episodes, calibration,
-    seed), both envs."""
+def profile_records(store: ResultStore | Iterable[dict[str, Any]], profile: StudyProfile
+                    ) -> list[dict[str, Any]]:
+    """The records (of a store, or given) made under a profile's run fields (planner, episodes,
+    calibration, seed), both envs."""
     fields = profile.run_fields()
-    return [r for r in store.records()
-            if all(r["experiment"].get(k) == v for k, v in fields.items())]
+    records = store.records() if isinstance(store, ResultStore) else store
+    return [r for r in records if all(r["experiment"].get(k) == v for k, v in fields.items())]
 
 
 def summary_table(store: ResultStore, preference: dict[str, Sequence[str]] = PREFERENCE,
@@ -137,7 +138,8 @@ def summary_table(store: ResultStore, preference: dict[str, Sequence[str]] = PRE
     from quantwm.study.analysis import insight_table
     from quantwm.study.latent import insight4_test
 
-    records = {name: profile_records(store, STUDY_PROFILES[name])
+    stored = list(store.records())  # read once; each profile takes its own
+    records = {name: profile_records(stored, STUDY_PROFILES[name])
                for name in dict.fromkeys(p for ps in preference.values() for p in ps)}
     frames = {name: records_frame(recs) for name, recs in records.items() if recs}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
