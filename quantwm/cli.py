@@ -96,7 +96,8 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
             continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text,
-                           epilog=getattr(module, "EXAMPLES", None),
+                           epilog=getattr(module, f"{name.upper()}_EXAMPLES", None)
+                           or getattr(module, "EXAMPLES", None),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(_module=module_name, _run=run)
         getattr(module, add_arguments)(p)

@@ -4,13 +4,14 @@ overrides, a rank correlation."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import datetime as _dt
 import json
 import os
 import random
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,27 @@ REPO_DIR = PACKAGE_DIR.parent
 DATA_DIR = Path(os.environ.get("QUANTWM_DATA", REPO_DIR / "data"))
 
 ENV_NAMES = ("wall", "pusht")
+
+
+def lazy_exports(package: str, sources: dict[str, str],
+                 names: list[str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's PEP 562 ``__getattr__`` and ``__dir__``: each public name is imported from
+    its submodule (``sources[name]``) on first use, so importing the package, or a submodule
+    that needs no torch, does not wait seconds for torch.
+
+        __getattr__, __dir__ = lazy_exports(__name__, _SOURCES, __all__)
+    """
+    def __getattr__(name: str) -> Any:
+        if name not in sources:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{sources[name]}"), name)
+        vars(importlib.import_module(package))[name] = value  # later look-ups skip this
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*vars(importlib.import_module(package)), *names})
+
+    return __getattr__, __dir__
 
 
 def check_env_name(env_name: str) -> str:

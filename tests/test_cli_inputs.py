@@ -89,10 +89,11 @@ def test_version_comes_from_the_installed_metadata(capsys: pytest.CaptureFixture
     assert capsys.readouterr().out.strip() == f"quantwm {version('quantwm')}"
 
 
-@pytest.mark.parametrize("command", [[], ["data"], ["train"], ["eval"]], ids=lambda c: c or "-")
+@pytest.mark.parametrize("command", [[], ["data"], ["train"], ["eval"], ["sweep"], ["notebooks"]],
+                         ids=lambda c: c or "-")
 def test_help_is_fast_and_imports_no_torch(command: list[str]) -> None:
     """``quantwm --help`` and the sub-commands' help build their parsers without torch
-    (quantwm.plan and quantwm.model import their names on first use)."""
+    (quantwm.plan, quantwm.model and quantwm.study import their names on first use)."""
     argv = [*command, "--help"]
     code = (f"import sys; from quantwm.cli import main; main({argv!r}); "
             "sys.exit(int('torch' in sys.modules))")
@@ -107,7 +108,7 @@ def test_help_is_fast_and_imports_no_torch(command: list[str]) -> None:
     assert min(seconds) < 1.5, seconds
 
 
-@pytest.mark.parametrize("package", ["quantwm.plan", "quantwm.model"])
+@pytest.mark.parametrize("package", ["quantwm.plan", "quantwm.model", "quantwm.study"])
 def test_lazy_packages_still_offer_every_name(package: str) -> None:
     import importlib
 
@@ -119,7 +120,7 @@ def test_lazy_packages_still_offer_every_name(package: str) -> None:
         module.nope  # noqa: B018
 
 
-@pytest.mark.parametrize("command", ["data", "train", "eval"])
+@pytest.mark.parametrize("command", ["data", "train", "eval", "sweep", "notebooks"])
 def test_every_option_has_help_and_enumerations_have_choices(command: str) -> None:
     parser = build_parser([command])
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]

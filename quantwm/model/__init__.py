@@ -11,8 +11,9 @@ The names below are imported on first use (PEP 562): importing a submodule that 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from quantwm.utils import lazy_exports
 
 #: public name -> the submodule that defines it
 _SOURCES = {
@@ -35,13 +36,4 @@ if TYPE_CHECKING:
     from quantwm.model.world_model import WorldModel, WorldModelConfig
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES, __all__)

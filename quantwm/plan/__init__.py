@@ -11,8 +11,9 @@ The names below are imported on first use (PEP 562): ``quantwm.plan.config`` nee
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from quantwm.utils import lazy_exports
 
 #: public name -> the submodule that defines it
 _SOURCES = {
@@ -45,13 +46,4 @@ if TYPE_CHECKING:
     from quantwm.plan.objective import latent_objective, proprio_emb_dim
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES, __all__)

@@ -9,11 +9,28 @@ import sys
 from quantwm.study.profiles import STUDY_PROFILES
 from quantwm.utils import REPO_DIR
 
+SWEEP_EXAMPLES = """\
+examples:
+  quantwm sweep --dry-run --workers 2           each profile's cost on this machine; runs nothing
+  quantwm sweep --table 1 --env wall            Table 1's Wall rows, quick profile (resumable)
+  quantwm sweep --profile power --workers 2     the insights' rows on 200 episodes, 2 processes
+  quantwm sweep --profile long --env pusht      Insight I / III / V rows over 30 MPC rounds
+  quantwm sweep --profile full --executor ray --address auto   on a Ray cluster"""
+
+NOTEBOOKS_EXAMPLES = """\
+examples:
+  quantwm notebooks                             what `make report` runs (quick profile)
+  quantwm notebooks --only 02 03                two notebooks, by number prefix
+  quantwm notebooks --profile power --no-input  the powered results, code left out (to share)
+  quantwm notebooks --only 01 -p env pusht      a notebook parameter (papermill's -p)"""
+
 
 def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", choices=tuple(STUDY_PROFILES),
-                        help="smoke: seconds (tests); quick: minutes; full: 50 episodes; "
-                             "reference: the paper's planner too (GPU)")
+                        help="study profile whose stored results the notebooks read, running "
+                             "what is missing (default quick, shipped; smoke: a pipeline check "
+                             "that plans everything itself, minutes); see `quantwm sweep "
+                             "--dry-run`")
     parser.add_argument("--output", default=str(REPO_DIR / "reports"),
                         help="folder for executed notebooks and HTML (default: reports/)")
     parser.add_argument("--only", nargs="*", metavar="NAME",
