@@ -4,8 +4,8 @@ overrides, a rank correlation."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import datetime as _dt
+import importlib
 import json
 import os
 import random
