@@ -256,6 +256,52 @@ def test_model_key_names_the_granularity_whenever_activations_are_quantized() ->
     assert "per" not in Experiment("wall", "rtn", (4, FLOAT), (4, FLOAT)).model_key()
 
 
+def test_a_focused_profile_puts_each_configuration_in_the_table_of_its_kind() -> None:
+    """The notebooks show ``power`` / ``long`` as paper tables: each configuration but FP32 in
+    exactly one table of its env, FP32 in every one; a table profile's rows keep their tables
+    (bar Tables 7-8's W8A8 row with both parts alike, which is of Table 3 / 5's kind)."""
+    from quantwm.study.grid import TABLE_ENV, TABLES, table_experiments
+    from quantwm.study.profiles import table_of
+
+    for name in ("power", "long"):
+        profile = study_profile(name)
+        for env in ("wall", "pusht"):
+            tables = [t for t in TABLES if TABLE_ENV[t] == env]
+            shown = [e for t in tables for e in profile.experiments(t)]
+            quantized = [e for e in shown if not e.is_float]
+            assert sorted(map(repr, quantized)) == sorted(
+                repr(e) for e in profile.focus_experiments(env) if not e.is_float)
+            assert sum(e.is_float for e in shown) == len(tables)
+        assert profile.width_experiments(1) == []  # the G48 rows are among experiments(1)
+    for t in TABLES:
+        odd = [e for e in table_experiments(t) if not e.is_float and table_of(e) != t]
+        assert all(t in (7, 8) and e.encoder == e.predictor == (8, 8) for e in odd), odd
+
+
+def test_a_table_frame_matches_rows_by_configuration(tmp_path) -> None:
+    """study_frame numbers a table profile's experiments as the paper's rows (their order), puts
+    a configuration the paper lacks (G48) after them with its own label, and shows a focused
+    profile's experiments under the paper's row of the same configuration."""
+    from quantwm.study.analysis import study_frame
+    from quantwm.study.grid import paper_configs
+
+    store = ResultStore(tmp_path)
+    quick, power = study_profile("quick"), study_profile("power")
+    rows = quick.experiments(1)
+    picked = [rows[0], rows[5], *quick.width_experiments(1)[:1], power.experiments(1)[2]]
+    for exp in picked:
+        store.write(exp, {"success": {"0": 0.0, "5": 0.5}, "label": exp.key(),
+                          "episodes": {"first_success_round": [None, 3]}})
+    frame = study_frame(1, picked, store).drop_duplicates("key").set_index("key")["row"]
+    assert frame[rows[0].key()] == 0 and frame[rows[5].key()] == 5
+    assert frame[picked[2].key()] == len(paper_configs(1))  # G48: after the paper's rows
+    same = [i for i, e in enumerate(rows) if (e.method, e.encoder, e.group) == (
+        picked[3].method, picked[3].encoder, picked[3].group)]
+    assert frame[picked[3].key()] == same[0]
+    g48 = study_frame(1, [picked[2]], store)
+    assert g48["label"].iloc[0].endswith("G48") and g48["paper"].isna().all()
+
+
 # ------------------------------------------------------------------ results at a glance
 def test_records_frame_matches_the_paper_tables_frame(smoke_store) -> None:
     from quantwm.study.analysis import study_frame

@@ -21,7 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from quantwm.study.grid import FLOAT, TABLE_ENV, Experiment, paper_configs, paper_tables
+from quantwm.study.grid import (
+    FLOAT,
+    TABLE_ENV,
+    Experiment,
+    config_columns,
+    experiment_from_row,
+    paper_configs,
+    paper_tables,
+)
 from quantwm.study.stats import (
     INSIGHT_TESTS,
     Configs,
@@ -45,11 +53,23 @@ CONFIG_KEYS = ["method", "w_bits", "a_bits", "group", "act_granularity",
 # ------------------------------------------------------------------------------ the store
 def ensure_results(experiments: Sequence[Experiment], store: ResultStore,
                    device: torch.device | str = "cpu", cache_dir: str | Path | None = None,
-                   progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Run the experiments missing from ``store`` (only those), then return every record by key."""
+                   progress: bool = True, run: bool = True) -> dict[str, dict[str, Any]]:
+    """Run the experiments missing from ``store`` (only those), then return every record by key.
+
+    ``run=False`` (the focused profiles, hours of background work for ``quantwm sweep``): run
+    nothing, say what is missing and return the stored records only."""
     from quantwm.study.runner import CACHE_DIR, run_sweep
 
     todo = store.missing(list(experiments))
+    if todo and not run:
+        if progress:
+            from quantwm.study.profiles import profile_of
+
+            name = profile_of(todo[0]) or "NAME"
+            print(f"{len(todo)} of {len(set(experiments))} experiment(s) not stored yet: shown "
+                  f"without them; `quantwm sweep --profile {name} --workers 2` runs them (in "
+                  "the background, resumably)")
+        return {e.key(): store.read(e) for e in experiments if store.has(e)}
     if todo and progress:
         print(f"running {len(todo)} missing experiment(s) of {len(set(experiments))}")
     for i, exp in enumerate(todo):
@@ -89,33 +109,50 @@ def study_frame(table: int, experiments: Sequence[Experiment], store: ResultStor
     """Tidy rows (configuration x iters) of one paper table: the kit's rate with its Wilson
     interval beside the paper's rate, for the experiments that are in the store.
 
-    ``experiments`` are the table's experiments in the paper's row order (a profile may keep
-    only the first rows). Columns: table, env, row, label, the paper's config keys, key, iters,
-    n, successes, success, lo, hi, paper.
+    Each experiment is matched to the paper's row of the same configuration (``row`` is its
+    number, in the paper's order); one the paper does not have (a width-scaled group) gets a
+    row after the paper's, its own label and no paper rate. Columns: table, env, row, label,
+    the paper's config keys, key, iters, n, successes, success, lo, hi, paper.
     """
     configs = paper_configs(table)
     paper = paper_success(table)
+    rows_of = {}  # configuration -> the paper's row
+    for i, (_, cfg) in enumerate(configs.iterrows()):
+        rows_of.setdefault(_configuration(experiment_from_row(cfg, variant)), i)
+    extra = iter(range(len(configs), len(configs) + len(experiments)))
     rows = []
-    for i, exp in enumerate(experiments):
+    for exp in experiments:
         if not store.has(exp):
             continue
         rec = store.read(exp)
-        cfg = configs.iloc[i]
+        i = rows_of.get(_configuration(exp))
+        if i is None:  # not one of the paper's rows
+            i, cfg, ref = next(extra), config_columns(exp), {}
+            label = row_label({c: int(v) if isinstance(v, float) and v.is_integer() else v
+                               for c, v in cfg.items()})
+        else:
+            cfg, ref = configs.iloc[i], paper.loc[i]
+            label = row_label(cfg)
         iters = [int(k) for k in rec["success"]]
         mat = success_matrix(rec["episodes"]["first_success_round"], iters)
         for j, k in enumerate(iters):
             s, n = int(mat[:, j].sum()), mat.shape[0]
             lo, hi = wilson_interval(s, n)
-            p = paper.loc[i].get(k, np.nan) if k in paper.columns else np.nan
-            rows.append({"table": table, "env": TABLE_ENV[table], "row": i,
-                         "label": row_label(cfg), **{c: cfg[c] for c in CONFIG_KEYS},
-                         "variant": variant, "key": exp.key(), "iters": k, "n": n,
-                         "successes": s, "success": s / n, "lo": lo, "hi": hi, "paper": p})
+            rows.append({"table": table, "env": TABLE_ENV[table], "row": i, "label": label,
+                         **{c: cfg[c] for c in CONFIG_KEYS}, "variant": variant,
+                         "key": exp.key(), "iters": k, "n": n, "successes": s,
+                         "success": s / n, "lo": lo, "hi": hi, "paper": ref.get(k, np.nan)})
     frame = pd.DataFrame(rows)
     if not frame.empty:  # NaN = "not applicable" (no group, bits set per part, ...)
         num = ["w_bits", "a_bits", "group", "enc_w", "enc_a", "pred_w", "pred_a"]
         frame[num] = frame[num].map(lambda v: np.nan if pd.isna(v) else float(v))
     return frame
+
+
+def _configuration(exp: Experiment) -> tuple[Any, ...]:
+    """What makes an experiment one table row: everything but how it was run."""
+    return (exp.env, exp.method, tuple(exp.encoder), tuple(exp.predictor), exp.group,
+            exp.act_granularity)
 
 
 def episode_outcomes(store: ResultStore, key: str, iters: int) -> np.ndarray:

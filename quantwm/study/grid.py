@@ -165,6 +165,30 @@ def experiment_from_row(row: pd.Series, variant: str = "paper", **run: Any) -> E
                       act_granularity=gran.replace("-", "_"), **run)
 
 
+_PAPER_NAME = {v: k for variant in ("designed", "paper") for k, v in
+               METHOD_VARIANTS[variant].items()}
+
+
+def config_columns(exp: Experiment) -> dict[str, Any]:
+    """The paper's configuration columns of an experiment (method, w_bits, a_bits, group,
+    act_granularity, enc_w, enc_a, pred_w, pred_a), NaN where the paper leaves them empty."""
+    nan = float("nan")
+    split = tuple(exp.encoder) != tuple(exp.predictor)
+    out = {"method": _PAPER_NAME.get(exp.method, exp.method),
+           "w_bits": nan if split else float(exp.encoder[0]),
+           "a_bits": nan if split else float(exp.encoder[1]),
+           "group": nan if exp.group is None else float(exp.group),
+           # as the paper's CSV spells it: also on weight-only rows, empty on split rows
+           "act_granularity": nan if split else exp.act_granularity.replace("_", "-"),
+           "enc_w": float(exp.encoder[0]) if split else nan,
+           "enc_a": float(exp.encoder[1]) if split else nan,
+           "pred_w": float(exp.predictor[0]) if split else nan,
+           "pred_a": float(exp.predictor[1]) if split else nan}
+    if exp.is_float:
+        out.update(w_bits=float(FLOAT), a_bits=float(FLOAT))
+    return out
+
+
 def table_experiments(table: int, variant: str = "paper", **run: Any) -> list[Experiment]:
     """The experiments that make one of the paper's tables, FP32 first, in the paper's order."""
     return [experiment_from_row(row, variant, **run) for _, row in paper_configs(table).iterrows()]

@@ -96,6 +96,21 @@ LONG_ROWS: tuple[Row, ...] = (
 )
 
 
+def table_of(exp: Experiment) -> int:
+    """The paper table whose kind of configuration ``exp`` is (FP32 is in every table):
+    weight-only with both parts alike, Tables 1 / 2 (Wall / PushT); weights and activations
+    alike, per-channel, Tables 3 / 5; grouped, Tables 4 / 6; encoder and predictor apart,
+    Tables 7 / 8 (whose W8A8 row with both parts alike this puts in Table 3 / 5)."""
+    wall = exp.env == "wall"
+    if tuple(exp.encoder) != tuple(exp.predictor):
+        return 7 if wall else 8
+    if exp.encoder[1] == FLOAT:
+        return 1 if wall else 2
+    if exp.group is None:
+        return 3 if wall else 5
+    return 4 if wall else 6
+
+
 @dataclass(frozen=True)
 class StudyProfile:
     """How much of the study to run (see the module doc for each profile's purpose and cost)."""
@@ -120,17 +135,22 @@ class StudyProfile:
 
     def experiments(self, table: int, variant: str = "paper", seed: int | None = None
                     ) -> list[Experiment]:
-        """The experiments of one paper table under this profile (table profiles only)."""
+        """The experiments of one paper table under this profile: a table profile's rows in
+        the paper's order; a focused profile's FP32 and those of its configurations that are of
+        the table's kind (:func:`table_of`), e.g. ``power``'s G48 rows in Tables 1-2."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; expected one of {tuple(TABLES)}")
         if self.focused:
-            raise ValueError(f"the {self.name!r} profile runs chosen configurations, not the "
-                             f"paper's tables; use a table profile (smoke, quick, full, reference)")
+            return [e for e in self.focus_experiments(TABLE_ENV[table], seed)
+                    if e.is_float or table_of(e) == table]
         exps = table_experiments(table, variant, **self.run_fields(seed))
         return exps if self.rows is None else exps[: self.rows]
 
     def width_experiments(self, table: int, variant: str = "paper", seed: int | None = None
                           ) -> list[Experiment]:
-        """Tables 1-2's grouped rows with the width-scaled group (:data:`WIDTH_GROUP`)."""
-        if table not in (1, 2):
+        """Tables 1-2's grouped rows with the width-scaled group (:data:`WIDTH_GROUP`); a
+        focused profile's are among its :meth:`experiments`."""
+        if table not in (1, 2) or self.focused:
             return []
         return [replace(e, group=WIDTH_GROUP) for e in self.experiments(table, variant, seed)
                 if e.group == 128]
@@ -174,6 +194,13 @@ STUDY_PROFILES: dict[str, StudyProfile] = {
     "reference": StudyProfile("reference", planner="reference", episodes=50,
                               calibration_episodes=50),
 }
+
+
+def profile_of(exp: Experiment) -> str | None:
+    """The name of the study profile whose run fields made ``exp`` (None: none of them)."""
+    fields = {"profile": exp.profile, "episodes": exp.episodes,
+              "calib_episodes": exp.calib_episodes, "seed": exp.seed}
+    return next((name for name, p in STUDY_PROFILES.items() if p.run_fields() == fields), None)
 
 
 def study_profile(name: str) -> StudyProfile:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quantwm.study.grid import FLOAT, METHOD_VARIANTS, Experiment, paper_tables
+from quantwm.study.grid import FLOAT, Experiment, config_columns, paper_tables
 from quantwm.study.profiles import STUDY_PROFILES, StudyProfile
 from quantwm.study.store import ResultStore
 
@@ -56,10 +56,6 @@ def preference_for(profile: str) -> dict[str, tuple[str, ...]]:
     return dict(PREFERENCE)
 
 
-_PAPER_NAME = {v: k for variant in ("designed", "paper") for k, v in
-               METHOD_VARIANTS[variant].items()}
-
-
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """A :func:`quantwm.study.analysis.study_frame`-shaped frame (configuration x iters, with
     the paper's columns) for any stored records, in or outside the paper's tables: the
@@ -84,26 +80,6 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                          **cfg, "variant": "", "key": rec["key"], "iters": k, "n": n,
                          "successes": s, "success": s / n, "lo": lo, "hi": hi, "paper": p})
     return pd.DataFrame(rows)
-
-
-def config_columns(exp: Experiment) -> dict[str, Any]:
-    """The paper's configuration columns of an experiment (method, w_bits, a_bits, group,
-    act_granularity, enc_w, enc_a, pred_w, pred_a), NaN where the paper leaves them empty."""
-    nan = np.nan
-    split = tuple(exp.encoder) != tuple(exp.predictor)
-    out = {"method": _PAPER_NAME.get(exp.method, exp.method),
-           "w_bits": nan if split else float(exp.encoder[0]),
-           "a_bits": nan if split else float(exp.encoder[1]),
-           "group": nan if exp.group is None else float(exp.group),
-           # as the paper's CSV spells it: also on weight-only rows, empty on split rows
-           "act_granularity": nan if split else exp.act_granularity.replace("_", "-"),
-           "enc_w": float(exp.encoder[0]) if split else nan,
-           "enc_a": float(exp.encoder[1]) if split else nan,
-           "pred_w": float(exp.predictor[0]) if split else nan,
-           "pred_a": float(exp.predictor[1]) if split else nan}
-    if exp.is_float:
-        out.update(w_bits=float(FLOAT), a_bits=float(FLOAT))
-    return out
 
 
 def _paper_rows(paper: pd.DataFrame, env: str, cfg: dict[str, Any]) -> dict[int, float]:
@@ -195,6 +171,13 @@ def summary_table(store: ResultStore, preference: dict[str, Sequence[str]] = PRE
     return out.sort_values(["insight", "test", "env"], key=lambda c: c.map(order).fillna(c)
                            if c.name == "insight" else c, kind="stable").reset_index(drop=True)
 
+
+def insight_markdown(store: ResultStore, insights: Sequence[str], profile: str = "quick",
+                     **options: Any) -> str:
+    """:func:`summary_markdown` of some insights only ("baseline", "I" ... "V"): the closing
+    section of the notebook that studies them. ``profile`` "smoke" reads the smoke run alone."""
+    table = summary_table(store, preference_for(profile), **options)
+    return summary_markdown(table[table["insight"].isin(insights)] if not table.empty else table)
 
 
 def summary_markdown(table: pd.DataFrame) -> str:
