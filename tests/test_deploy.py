@@ -419,3 +419,22 @@ def test_the_deployment_notebook_runs_in_smoke(tmp_path) -> None:
     shown = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert all(label in shown for label in [FP32, *DEPLOY_CONFIGS])
     assert not (tmp_path / "r").exists()  # nothing stored
+
+
+def test_stored_success_is_the_study_record_of_the_same_configuration(tmp_path) -> None:
+    """Notebook 07 reads a lowered configuration's success from the study's record of the
+    same (fake-quant) configuration: success within the record's last round, per episode."""
+    from quantwm.quant.deploy import stored_success
+    from quantwm.study import Experiment, ResultStore
+    from quantwm.study.profiles import study_profile
+
+    quick, store = study_profile("quick"), ResultStore(tmp_path)
+    exp = Experiment("wall", "rtn", (8, 8), (8, 8), None, "per_token", **quick.run_fields())
+    store.write(exp, {"success": {"0": 1 / 3, "5": 2 / 3},
+                      "episodes": {"first_success_round": [None, 0, 4]}})
+    assert stored_success(store, "wall", "rtn:W8A8:per-token", quick).tolist() == [
+        False, True, True]
+    assert stored_success(store, "wall", "rtn:W8A8:per-tensor", quick) is None
+    assert stored_success(store, "pusht", "rtn:W8A8:per-token", quick) is None
+    assert stored_success(store, "wall", "rtn:W8A8:per-token", study_profile("full")) is None
+    assert stored_success(store, "wall", None, quick) is None  # FP32: another record

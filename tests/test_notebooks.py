@@ -105,6 +105,8 @@ def test_papermill_shows_the_parameters_types(name: str) -> None:
     ({"device": "gpu"}, ["device='gpu'", "cpu, cuda"]),
     ({"results_dir": 3}, ["results_dir=3", "directory"]),
     ({"threads": 0}, ["threads=0", "integer >= 1"]),
+    ({"timing_episodes": 0}, ["timing_episodes=0", "integer >= 1"]),
+    ({"live": "yes"}, ["live='yes'", "True or False"]),
 ])
 def test_a_bad_parameter_fails_in_one_line_naming_it(parameters, named) -> None:
     from quantwm.study.notebooks import check_parameters
@@ -117,6 +119,40 @@ def test_a_bad_parameter_fails_in_one_line_naming_it(parameters, named) -> None:
     assert "\n" not in str(err.value) and all(text in str(err.value) for text in named)
     with pytest.raises(TypeError, match="unknown notebook parameter"):
         check_parameters(envs="wall")
+
+
+def test_a_focused_profile_shows_what_is_stored_and_runs_nothing(tmp_path) -> None:
+    """``quantwm notebooks --profile power``: the power rows already stored are shown as the
+    paper's table (the width-scaled G48 row after the paper's), the rest are named as missing
+    with the command that runs them, and nothing is planned."""
+    import nbformat
+
+    from quantwm.study import ResultStore
+    from quantwm.study.profiles import study_profile
+    from quantwm.study.store import RESULTS_DIR
+
+    committed = ResultStore(RESULTS_DIR)
+    shown = [e for e in study_profile("power").experiments(1) if committed.has(e)][:3]
+    if len(shown) < 3:
+        pytest.skip("the committed store holds too few power records")
+    store = ResultStore(tmp_path / "results")
+    for exp in shown:
+        store.write(exp, committed.read(exp))
+    before = sorted(p.name for p in store.root.rglob("*.json"))
+    [run] = run_notebooks_for(tmp_path, "power", "02")
+    assert sorted(p.name for p in store.root.rglob("*.json")) == before
+    text = "\n".join(str(o) for c in nbformat.read(str(run.executed), as_version=4).cells
+                     if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "not stored yet" in text and "quantwm sweep --profile power" in text
+    assert "Table 1 (wall): 3 configurations" in text and "Results at a glance" in text
+
+
+def run_notebooks_for(tmp_path, profile: str, only: str):
+    from quantwm.study.notebooks import run_notebooks
+
+    return run_notebooks(profile, output_dir=tmp_path / "out", only=[only],
+                         parameters={"env": "wall", "results_dir": str(tmp_path / "results"),
+                                     "cache_dir": str(tmp_path / "cache")})
 
 
 def test_a_bad_parameter_stops_the_notebook_at_its_top(tmp_path) -> None:
@@ -141,10 +177,17 @@ def test_notebook_executes_and_ends_with_a_computed_verdict(smoke_run, name: str
     nb = nbformat.read(str(runs[name].executed), as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    last = nb.cells[-1]
-    text = "".join(o.get("data", {}).get("text/markdown", "") for o in last.outputs)
-    assert text and any(w in text for w in VERDICT_WORDS)
-    assert "smoke" in text or name in ("01_outliers",)
+    heading = next(i for i, c in enumerate(nb.cells)
+                   if c.cell_type == "markdown" and c.source.startswith("## Verdict"))
+    verdict = next(c for c in nb.cells[heading:] if c.cell_type == "code")
+
+    def markdown(cell) -> str:
+        return "".join(o.get("data", {}).get("text/markdown", "") for o in cell.outputs)
+
+    assert any(w in markdown(verdict) for w in VERDICT_WORDS)
+    assert "smoke" in markdown(verdict) or name in ("01_outliers",)
+    # the notebook ends with the verdict, or with its tests on the most powerful stored run
+    assert any(w in markdown(nb.cells[-1]) for w in VERDICT_WORDS)
 
 
 def test_reports_embed_their_figures_and_leave_the_committed_store_alone(smoke_run) -> None:

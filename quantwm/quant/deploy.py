@@ -162,6 +162,32 @@ def build_model(env: str, config: QuantConfig | str | None, *, lowered: bool = T
     return lower(qmodel, rounding=rounding) if lowered else qmodel
 
 
+def stored_success(store: Any, env: str, config: QuantConfig | str | None,
+                   study: Any) -> np.ndarray | None:
+    """Per-episode success (within the planner's last MPC round) of the stored record of
+    ``config`` (None: FP32) under study profile ``study``, or None when ``store`` (a
+    :class:`quantwm.study.ResultStore`) holds no such record.
+
+    The record is of the fake-quantized model, which the lowered one computes to float
+    rounding (``tests/test_deploy.py``): the success of a lowered configuration need not be
+    planned again to be known."""
+    from quantwm.study.grid import Experiment
+    from quantwm.study.tables import success_matrix
+
+    if isinstance(config, str):
+        config = parse_quant_spec(config)
+    quant = {} if config is None else {
+        "method": config.method, "encoder": tuple(config.encoder),
+        "predictor": tuple(config.predictor), "group": config.w_group_size,
+        "act_granularity": config.act_granularity}
+    exp = Experiment(env, **quant, **study.run_fields())
+    if not store.has(exp):
+        return None
+    record = store.read(exp)
+    last = max(int(k) for k in record["success"])
+    return success_matrix(record["episodes"]["first_success_round"], [last])[:, 0]
+
+
 # ------------------------------------------------------------------------- the trade-off
 def pareto_front(cost: Sequence[float], success: Sequence[float]) -> list[bool]:
     """True for each point no other point beats: none is at most as costly and at least as
@@ -235,8 +261,9 @@ def deployment_verdict(frames: Mapping[str, Any], profile: str) -> str:
             names = ", ".join(slower["config"])
             lines.append(f"  Not faster than FP32 here: {names} (weight-only kernels dequantize "
                          "and run the float GEMM: they buy memory, not time, on a CPU).")
-    caveat = ("With so few episodes nearly every configuration is within noise: this run "
-              "checks the pipeline, its numbers mean nothing (run `quick` or `full`)."
+    caveat = ("With so few episodes nearly every configuration is within noise: the success "
+              "columns cannot tell these configurations apart (the `full` profile's 50 "
+              "episodes narrow the intervals; `smoke` only checks the pipeline)."
               if min(int(f["episodes"].iloc[0]) for f in frames.values()) < 20 else
               "Within noise means no difference detected at this n, not equality: the "
               "intervals above say how large a difference could hide.")
@@ -250,7 +277,8 @@ def plot_tradeoff(frame: Any, env: str) -> Any:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     colours = plt.get_cmap("tab10")
-    for ax, cost, label, front in ((axes[0], "seconds", "planning time (s)", "pareto_time"),
+    for ax, cost, label, front in ((axes[0], "seconds", "planning time (s, one MPC round)",
+                                    "pareto_time"),
                                    (axes[1], "linear_bytes", "Linear weight bytes (MiB)",
                                     "pareto_bytes")):
         scale = 2**20 if cost == "linear_bytes" else 1.0

@@ -80,6 +80,18 @@ def _threads(name: str, value: Any) -> None:
                          "integer >= 1 or None for the default")
 
 
+def _count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected an "
+                         "integer >= 1")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected True "
+                         "or False")
+
+
 def check_parameters(**parameters: Any) -> None:
     """Check a numbered notebook's parameters (the first cell after its parameters cell calls
     this): each bad value fails with one line naming it and the allowed values.
@@ -87,7 +99,8 @@ def check_parameters(**parameters: Any) -> None:
     ``profile``: a study profile (:data:`PROFILES`); ``env``: ``"wall"``, ``"pusht"`` or None
     (both); ``variant``: ``"paper"`` or ``"designed"``; ``device``: a torch device this machine
     has; ``results_dir`` / ``cache_dir``: a path or None (the default); ``threads``: an integer
-    >= 1 or None. Any other name is a TypeError.
+    >= 1 or None; ``timing_episodes``: an integer >= 1; ``live``: a bool. Any other name is a
+    TypeError.
     """
     from quantwm.study.grid import METHOD_VARIANTS
     from quantwm.utils import ENV_NAMES
@@ -100,6 +113,8 @@ def check_parameters(**parameters: Any) -> None:
         "results_dir": _directory,
         "cache_dir": _directory,
         "threads": _threads,
+        "timing_episodes": _count,
+        "live": _flag,
     }
     unknown = sorted(set(parameters) - set(checks))
     if unknown:
