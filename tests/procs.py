@@ -9,6 +9,14 @@ import time
 from pathlib import Path
 
 
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` of a process a test will Ctrl-C: SIGINT back to its default action. A
+    shell starts background jobs with SIGINT ignored and children inherit that, so a test
+    suite run with ``&`` or ``nohup`` would otherwise send SIGINT to a process that ignores
+    it (the kit, rightly, leaves an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def children(pid: int) -> list[int]:
     """The direct children of ``pid`` (every thread's)."""
     kids = []

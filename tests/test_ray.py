@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 from procs import alive as _alive  # noqa: E402
+from procs import as_from_a_terminal, kill_left  # noqa: E402
 from procs import descendants as _descendants  # noqa: E402
-from procs import kill_left  # noqa: E402
 
 pytest.importorskip("ray", reason="Ray is the optional extra: pip install 'quantwm[ray]'")
 
@@ -394,7 +394,8 @@ def test_a_local_instance_is_private_and_ctrl_c_stops_it(setup) -> None:
     home.mkdir()
     env = {k: v for k, v in setup.env.items() if not k.startswith("RAY_AUTH")}
     proc = setup.popen([QUANTWM, *TABLE1, "--executor", "ray", "--workers", "1", "--results",
-                        str(store)], env={**env, "HOME": str(home)}, start_new_session=True)
+                        str(store)], env={**env, "HOME": str(home)}, start_new_session=True,
+                       preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 240
     while not _records(store) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

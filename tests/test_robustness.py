@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from procs import alive as _alive
+from procs import as_from_a_terminal
 from procs import descendants as _descendants
 from procs import wait_gone as _wait_gone
 
@@ -274,7 +275,8 @@ def _start(kind: str, root: Path) -> subprocess.Popen:
         _write_notebook(root / "nb" / "00_sweep.ipynb", KERNEL_SWEEP.format(store=str(store)))
         argv = [sys.executable, "-c", BATCH, str(root / "nb"), str(root / "out")]
     return subprocess.Popen(argv, cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
 
 
 # Ctrl-C of a notebook batch takes the SIGTERM path (both raise Interrupted in the batch)
