@@ -47,26 +47,27 @@ PROFILES = tuple(STUDY_PROFILES)
 _NUMBERED = re.compile(r"^\d\d_.+\.ipynb$")
 
 
+def _not_allowed(name: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"notebook parameter {name}={value!r} is not allowed; expected {expected}")
+
+
 def _choice(name: str, value: Any, allowed: Iterable[Any], note: str = "") -> None:
     allowed = tuple(allowed)
     if isinstance(value, bool) or value not in allowed:
-        names = ", ".join(map(repr, allowed))
-        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected one of "
-                         f"{names}{note}")
+        raise _not_allowed(name, value, f"one of {', '.join(map(repr, allowed))}{note}")
 
 
 def _directory(name: str, value: Any) -> None:
     if value is not None and not isinstance(value, str | os.PathLike):
-        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected a "
-                         "directory (a path string) or None for the default")
+        raise _not_allowed(name, value, "a directory (a path string) or None for the default")
 
 
 def _device(name: str, value: Any) -> None:
     from quantwm.cli import torch_device
 
     if not isinstance(value, str):
-        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected a "
-                         "torch device name such as 'cpu', 'cuda', 'cuda:1' or 'mps'")
+        raise _not_allowed(name, value, "a torch device name such as 'cpu', 'cuda', 'cuda:1' "
+                                        "or 'mps'")
     try:
         torch_device(value, flag=f"notebook parameter {name}=")
     except ValueError as err:
@@ -74,22 +75,16 @@ def _device(name: str, value: Any) -> None:
         raise ValueError(text) from None
 
 
-def _threads(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected an "
-                         "integer >= 1 or None for the default")
-
-
-def _count(name: str, value: Any) -> None:
+def _count(name: str, value: Any, optional: bool = False) -> None:
+    if optional and value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected an "
-                         "integer >= 1")
+        raise _not_allowed(name, value, "an integer >= 1" + " or None for the default" * optional)
 
 
 def _flag(name: str, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"notebook parameter {name}={value!r} is not allowed; expected True "
-                         "or False")
+        raise _not_allowed(name, value, "True or False")
 
 
 def check_parameters(**parameters: Any) -> None:
@@ -112,7 +107,7 @@ def check_parameters(**parameters: Any) -> None:
         "device": _device,
         "results_dir": _directory,
         "cache_dir": _directory,
-        "threads": _threads,
+        "threads": lambda n, v: _count(n, v, optional=True),
         "timing_episodes": _count,
         "live": _flag,
     }
