@@ -430,11 +430,26 @@ def test_stored_success_is_the_study_record_of_the_same_configuration(tmp_path) 
 
     quick, store = study_profile("quick"), ResultStore(tmp_path)
     exp = Experiment("wall", "rtn", (8, 8), (8, 8), None, "per_token", **quick.run_fields())
-    store.write(exp, {"success": {"0": 1 / 3, "5": 2 / 3},
+    store.write(exp, {"success": {"0": 1 / 3, "5": 2 / 3}, "planner": {"mpc_rounds": 5},
                       "episodes": {"first_success_round": [None, 0, 4]}})
     assert stored_success(store, "wall", "rtn:W8A8:per-token", quick).tolist() == [
         False, True, True]
     assert stored_success(store, "wall", "rtn:W8A8:per-tensor", quick) is None
+    assert stored_success(store, "wall", "rtn:W8A8:per-token:asym-w", quick) is None
     assert stored_success(store, "pusht", "rtn:W8A8:per-token", quick) is None
     assert stored_success(store, "wall", "rtn:W8A8:per-token", study_profile("full")) is None
     assert stored_success(store, "wall", None, quick) is None  # FP32: another record
+
+
+def test_stored_success_counts_every_planned_round_not_only_the_stored_columns(tmp_path):
+    """The smoke planner plans rounds 0..1 but a record stores only the paper's columns within
+    them (0): an episode that succeeded in round 1 still succeeded."""
+    from quantwm.quant.deploy import stored_success
+    from quantwm.study import Experiment, ResultStore
+    from quantwm.study.profiles import study_profile
+
+    smoke, store = study_profile("smoke"), ResultStore(tmp_path)
+    store.write(Experiment("wall", **smoke.run_fields()), {
+        "success": {"0": 0.0}, "planner": {"mpc_rounds": 1},
+        "episodes": {"first_success_round": [1, None]}})
+    assert stored_success(store, "wall", None, smoke).tolist() == [True, False]

@@ -166,7 +166,7 @@ def stored_success(store: Any, env: str, config: QuantConfig | str | None,
                    study: Any) -> np.ndarray | None:
     """Per-episode success (within the planner's last MPC round) of the stored record of
     ``config`` (None: FP32) under study profile ``study``, or None when ``store`` (a
-    :class:`quantwm.study.ResultStore`) holds no such record.
+    :class:`quantwm.study.ResultStore`) holds no record of exactly that configuration.
 
     The record is of the fake-quantized model, which the lowered one computes to float
     rounding (``tests/test_deploy.py``): the success of a lowered configuration need not be
@@ -181,10 +181,10 @@ def stored_success(store: Any, env: str, config: QuantConfig | str | None,
         "predictor": tuple(config.predictor), "group": config.w_group_size,
         "act_granularity": config.act_granularity}
     exp = Experiment(env, **quant, **study.run_fields())
-    if not store.has(exp):
+    if exp.quant_config() != config or not store.has(exp):  # a setting the study never varies
         return None
     record = store.read(exp)
-    last = max(int(k) for k in record["success"])
+    last = int(record["planner"]["mpc_rounds"])  # the stored columns may stop short of it
     return success_matrix(record["episodes"]["first_success_round"], [last])[:, 0]
 
 
@@ -241,7 +241,10 @@ def cheapest_within_noise(frame: Any, cost: str) -> Any:
 
 def deployment_verdict(frames: Mapping[str, Any], profile: str) -> str:
     """Markdown: per env, the cheapest configuration within noise of FP32 success, in planning
-    time and in weight bytes, with how much noise that is at this many episodes."""
+    time and in weight bytes, with how much noise that is at this many episodes, and where the
+    success came from (a ``success_from`` column: the store or a live plan)."""
+    import pandas as pd
+
     lines = []
     for env, frame in frames.items():
         n = int(frame["episodes"].iloc[0])
@@ -261,6 +264,11 @@ def deployment_verdict(frames: Mapping[str, Any], profile: str) -> str:
             names = ", ".join(slower["config"])
             lines.append(f"  Not faster than FP32 here: {names} (weight-only kernels dequantize "
                          "and run the float GEMM: they buy memory, not time, on a CPU).")
+    sources = [f for f in frames.values() if "success_from" in f]
+    if sources:
+        counts = pd.concat([f["success_from"] for f in sources]).value_counts()
+        lines += ["", "Where each success comes from: " + "; ".join(
+            f"{what} for {n} configuration(s)" for what, n in counts.items()) + "."]
     caveat = ("With so few episodes nearly every configuration is within noise: the success "
               "columns cannot tell these configurations apart (the `full` profile's 50 "
               "episodes narrow the intervals; `smoke` only checks the pipeline)."

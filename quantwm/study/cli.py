@@ -27,10 +27,11 @@ examples:
 
 def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", choices=tuple(STUDY_PROFILES),
-                        help="study profile whose stored results the notebooks read, running "
-                             "what is missing (default quick, shipped; smoke: a pipeline check "
-                             "that plans everything itself, minutes); see `quantwm sweep "
-                             "--dry-run`")
+                        help="study profile whose stored results the notebooks read (default "
+                             "quick, shipped); smoke, quick, full and reference run what is "
+                             "missing (smoke: a pipeline check that plans everything itself, "
+                             "minutes), power and long show what is stored; costs: `quantwm "
+                             "sweep --dry-run`")
     parser.add_argument("--output", default=str(REPO_DIR / "reports"),
                         help="folder for executed notebooks and HTML (default: reports/)")
     parser.add_argument("--only", nargs="*", metavar="NAME",

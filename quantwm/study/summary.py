@@ -174,10 +174,23 @@ def summary_table(store: ResultStore, preference: dict[str, Sequence[str]] = PRE
 
 def insight_markdown(store: ResultStore, insights: Sequence[str], profile: str = "quick",
                      **options: Any) -> str:
-    """:func:`summary_markdown` of some insights only ("baseline", "I" ... "V"): the closing
-    section of the notebook that studies them. ``profile`` "smoke" reads the smoke run alone."""
-    table = summary_table(store, preference_for(profile), **options)
-    return summary_markdown(table[table["insight"].isin(insights)] if not table.empty else table)
+    """:func:`summary_markdown` of some insights only ("baseline", "I" ... "V"), after a line
+    naming the runs it reads, most powerful first: the closing section of the notebook that
+    studies them. ``profile`` "smoke" reads the smoke run alone."""
+    preference = preference_for(profile)
+    kinds = dict.fromkeys(_KIND.get(i, "success") for i in insights)
+    order = "; ".join(f"{_KIND_NAME[k]}: {', '.join(f'`{p}`' for p in preference[k])}"
+                      for k in kinds)
+    table = summary_table(store, preference, **options)
+    table = table[table["insight"].isin(insights)] if not table.empty else table
+    return (f"Each test is judged on the first of these stored runs that holds its "
+            f"configurations ({order}); nothing is run.\n\n" + summary_markdown(table))
+
+
+# which stored runs judge an insight (PREFERENCE's keys), and how the notebooks name them
+_KIND = {"IV": "latent", "V": "alignment"}
+_KIND_NAME = {"success": "planning success", "latent": "latent error",
+              "alignment": "planning objective"}
 
 
 def summary_markdown(table: pd.DataFrame) -> str:
