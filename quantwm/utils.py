@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import importlib
+import importlib.util
 import json
 import os
 import random
@@ -27,13 +28,16 @@ ENV_NAMES = ("wall", "pusht")
 def lazy_exports(package: str, sources: dict[str, str],
                  names: list[str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """A package's PEP 562 ``__getattr__`` and ``__dir__``: each public name is imported from
-    its submodule (``sources[name]``) on first use, so importing the package, or a submodule
-    that needs no torch, does not wait seconds for torch.
+    its submodule (``sources[name]``) on first use, as is a submodule named as an attribute
+    (``package.stats``), so importing the package, or a submodule that needs no torch, does
+    not wait seconds for torch.
 
         __getattr__, __dir__ = lazy_exports(__name__, _SOURCES, __all__)
     """
     def __getattr__(name: str) -> Any:
         if name not in sources:
+            if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}"):
+                return importlib.import_module(f"{package}.{name}")  # a submodule, on first use
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(f"{package}.{sources[name]}"), name)
         vars(importlib.import_module(package))[name] = value  # later look-ups skip this

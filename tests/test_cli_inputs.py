@@ -118,6 +118,10 @@ def test_lazy_packages_still_offer_every_name(package: str) -> None:
         assert getattr(module, name) is value and name in dir(module)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         module.nope  # noqa: B018
+    submodule = {"quantwm.plan": "cem", "quantwm.model": "world_model", "quantwm.study": "stats"}
+    code = (f"import {package} as p, sys; m = p.{submodule[package]}; "
+            f"sys.exit(m is not sys.modules['{package}.{submodule[package]}'])")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
 
 
 @pytest.mark.parametrize("command", ["data", "train", "eval", "sweep", "notebooks"])
