@@ -236,12 +236,12 @@ def _shipped_file_only(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(trajectories, "extend_trajectories", never)
 
 
-def test_evaluation_and_validation_data_never_generate_the_extension(tmp_path, monkeypatch
-                                                                        ) -> None:
+def test_evaluation_validation_and_calibration_never_generate_the_extension(tmp_path, monkeypatch
+                                                                            ) -> None:
     """PushT's evaluation episodes, validation segments and rendered validation frames come
     from the shipped file alone (the extension adds training trajectories only), bit for bit
     what the extended dataset gives and what the stored results were run on; calibration
-    episodes (training split) still read the extension."""
+    episodes are drawn from the shipped file's training split (calibration revision 2)."""
     import json
 
     from quantwm.study.analysis import ground_truth_segment
@@ -260,9 +260,14 @@ def test_evaluation_and_validation_data_never_generate_the_extension(tmp_path, m
     segs = validation_segments("pusht")
     seg = ground_truth_segment("pusht", frames=4)
     assert not (tmp_path / "cache").exists()  # nothing generated, nothing cached
-    with pytest.raises(AssertionError, match="extension was generated"):
-        calibration_episodes("pusht", n=2)  # the training split needs the extension
+    calib = calibration_episodes("pusht", n=10, seed=1)
+    shipped = load_trajectories("pusht", with_extensions=False)
+    assert not (tmp_path / "cache").exists()
     monkeypatch.undo()
+    same = calibration_episodes("pusht", n=10, seed=1, trajectories=shipped)
+    drawn = [int(i.split("/traj")[1].split("/")[0]) for i in calib.ids]
+    assert calib.ids == same.ids and max(drawn) < shipped.n_traj
+    np.testing.assert_array_equal(calib.start_states, same.start_states)
     # the episodes and segments the committed PushT FP32 result was run on
     record = next(json.loads(p.read_text()) for p in sorted((RESULTS_DIR / "pusht").glob(
         "pusht-fp32-cpu-n10-c10-s0-*.json")))

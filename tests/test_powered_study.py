@@ -33,8 +33,10 @@ def test_power_profile_serves_every_insight_on_unseen_episodes() -> None:
         enc_only = {e.encoder for e in exps if e.predictor == (FLOAT, FLOAT) and not e.is_float}
         pred_only = {e.predictor for e in exps if e.encoder == (FLOAT, FLOAT) and not e.is_float}
         assert enc_only == pred_only >= {(4, 8), (4, 4)}
-    with pytest.raises(ValueError, match="tables"):
-        power.experiments(1)
+    # a notebook shows them as the paper's tables: Table 1, Wall's weight-only rows, FP32 first
+    table1 = power.experiments(1)
+    assert table1[0].is_float and {e.env for e in table1} == {"wall"}
+    assert all(e.encoder == e.predictor and e.encoder[1] == FLOAT for e in table1)
 
 
 def test_long_profile_plans_every_paper_column() -> None:
@@ -143,6 +145,24 @@ def test_results_of_a_changed_method_are_stale(tmp_path) -> None:
     assert METHOD_REVISIONS["awq_ref"] > 1 and not store.has(exp)
     store.write(exp, {"checkpoint": ck, "method_revision": METHOD_REVISIONS["awq_ref"]})
     assert store.has(exp)
+
+
+def test_results_calibrated_on_another_draw_are_stale(tmp_path) -> None:
+    """PushT's calibration episodes moved to the shipped file (revision 2): its calibrated
+    results of revision 1 are stale; results that need no calibration, and Wall's, are not."""
+    from quantwm.data.episodes import CALIBRATION_REVISION
+
+    store = ResultStore(tmp_path, check_checkpoints=False)
+    static = Experiment("pusht", "rtn", (4, 8), (4, 8), episodes=4)  # per-tensor ranges
+    dynamic = Experiment("pusht", "rtn", (4, 8), (4, 8), act_granularity="per_token", episodes=4)
+    wall = Experiment("wall", "rtn", (4, 8), (4, 8), episodes=4)
+    assert CALIBRATION_REVISION["pusht"] == static.calibration_revision == 2
+    assert dynamic.calibration_revision is None and wall.calibration_revision == 1
+    for exp in (static, dynamic, wall):
+        store.write(exp, {})  # made before calibration revisions were recorded (= 1)
+    assert not store.has(static) and store.has(dynamic) and store.has(wall)
+    store.write(static, {"calibration_revision": 2})
+    assert store.has(static)
 
 
 # ------------------------------------------------------------------------------ cost

@@ -13,7 +13,9 @@ from the validation split, calibration episodes from the training split and othe
 
 Evaluation and calibration draw from different splits and from different random streams
 (``SeedSequence([seed, purpose])``), so the two sets never share an episode even for equal seeds.
-Everything is deterministic given the dataset and the seed.
+Both read the shipped dataset file alone: the generated extensions (PushT's 14,400 more training
+trajectories, ``data/pusht/extensions.json``) are for training, and neither evaluating nor
+quantizing a model waits for them. Everything is deterministic given the dataset and the seed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from quantwm.utils import check_env_name
 
 GOAL_OFFSET = 25  #: PushT: env steps between start and goal
 _PURPOSE = {"eval": 0, "calib": 1}
+
+#: Which draw of calibration episodes an env's calibrated results used. PushT 2: from the shipped
+#: file's training split (revision 1 drew from the extended one, whose generation a fresh
+#: machine had to wait for). Results calibrated on another revision are stale.
+CALIBRATION_REVISION = {"wall": 1, "pusht": 2}
 
 
 @dataclass
@@ -149,10 +156,10 @@ def _episodes(
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     split = "val" if purpose == "eval" else "train"
-    # the validation split is the same with or without the extensions (training trajectories
-    # only): evaluation episodes never wait for them to be generated
+    # the shipped file alone: evaluation (its validation split is the extended dataset's) and
+    # calibration (its own training trajectories) never wait for the extensions
     trajs = (trajectories if trajectories is not None
-             else load_trajectories(env_name, with_extensions=split == "train"))
+             else load_trajectories(env_name, with_extensions=False))
     if trajs.env_name != env_name:
         raise ValueError(f"trajectories are {trajs.env_name}, episodes asked for {env_name}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _PURPOSE[purpose]]))
@@ -172,5 +179,6 @@ def evaluation_episodes(
 def calibration_episodes(
     env_name: str, n: int = 50, seed: int = 1, trajectories: Trajectories | None = None
 ) -> EpisodeSet:
-    """``n`` calibration episodes from the training split, never shared with evaluation."""
+    """``n`` calibration episodes from the training split of the shipped file (default; its
+    extensions are not read: :data:`CALIBRATION_REVISION`), never shared with evaluation."""
     return _episodes(env_name, n, seed, "calib", trajectories)

@@ -338,7 +338,7 @@ def _with_shipped_extensions(env_name: str, base: Trajectories) -> Trajectories:
             print(f"warning: {err}; generating it again", file=sys.stderr, flush=True)
     total = sum(e["n_traj"] for e in todo)
     expected = sum(expected_generation_seconds(env_name, e["n_traj"], base.n_steps) for e in todo)
-    print(f"{env_name}: training and calibration use the shipped dataset's {total} extension "
+    print(f"{env_name}: training uses the shipped dataset's {total} extension "
           f"trajectories ({spec_path.name}); generating them once, expected {_duration(expected)}"
           f" on {available_cpus()} idle CPU(s), into {cache}", file=sys.stderr, flush=True)
     traj = base

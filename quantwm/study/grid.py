@@ -77,6 +77,18 @@ class Experiment:
 
         return 1 if self.is_float else METHOD_REVISIONS[self.method]
 
+    @property
+    def calibration_revision(self) -> int | None:
+        """The draw of calibration episodes a result of this experiment depends on
+        (``quantwm.data.episodes.CALIBRATION_REVISION``); None where quantizing it needs no
+        recorded inputs (FP32, RTN / OMSE weights with dynamic or float activations)."""
+        from quantwm.data.episodes import CALIBRATION_REVISION
+        from quantwm.quant.deploy import needs_calibration
+
+        if self.is_float or not needs_calibration(self.quant_config()):
+            return None
+        return CALIBRATION_REVISION[self.env]
+
     def quant_config(self, **options: Any):
         """The :class:`quantwm.quant.QuantConfig` of this experiment (None for FP32)."""
         if self.is_float:

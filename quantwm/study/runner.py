@@ -40,10 +40,15 @@ CALIBRATION_SEED = 1
 
 def calibration_path(env: str, profile: str, cache_dir: str | Path = CACHE_DIR,
                      episodes: int = 50) -> Path:
-    """Where :func:`calibration_data` caches the calibration of ``env``'s shipped checkpoint."""
+    """Where :func:`calibration_data` caches the calibration of ``env``'s shipped checkpoint
+    (named after the draw of episodes, ``CALIBRATION_REVISION``, from revision 2 on)."""
+    from quantwm.data.episodes import CALIBRATION_REVISION
     from quantwm.model import checkpoint_digest
 
-    return Path(cache_dir) / f"calibration-{env}-{checkpoint_digest(env)}-{profile}-n{episodes}.pt"
+    revision = CALIBRATION_REVISION[env]
+    tag = "" if revision == 1 else f"-c{revision}"
+    return (Path(cache_dir)
+            / f"calibration-{env}-{checkpoint_digest(env)}-{profile}-n{episodes}{tag}.pt")
 
 
 def cached_calibration(path: Path) -> dict[str, list[torch.Tensor]] | None:
@@ -224,6 +229,8 @@ def run_experiment(experiment: Experiment, store: ResultStore | None = None,
         "mean_final_loss_by_round": result.summary()["mean_final_loss_by_round"],
         "latent_error": latent,
         "method_revision": experiment.method_revision,
+        **({} if experiment.calibration_revision is None
+           else {"calibration_revision": experiment.calibration_revision}),
         "checkpoint": checkpoint,
         "planner": config.to_dict(),
         "size": model_size_bits(model).as_dict(),

@@ -68,10 +68,14 @@ class ResultStore:
         return not self.is_stale(record)
 
     def is_stale(self, record: dict[str, Any]) -> bool:
-        """Whether ``record`` was made with another checkpoint than the one now shipped, or
-        with an older revision of its quantization method."""
+        """Whether ``record`` was made with another checkpoint than the one now shipped, with
+        an older revision of its quantization method, or calibrated on another draw of
+        calibration episodes."""
         exp = Experiment.from_dict(record["experiment"])
         if record.get("method_revision", 1) != exp.method_revision:
+            return True
+        wanted = exp.calibration_revision
+        if wanted is not None and record.get("calibration_revision", 1) != wanted:
             return True
         made_with = record.get("checkpoint")
         if not self.check_checkpoints or made_with is None:
