@@ -359,3 +359,26 @@ def test_readme_results_at_a_glance_are_in_step_with_the_store() -> None:
 
     assert update_readme(str(REPO_DIR / "README.md"), ResultStore(), check=True), (
         "README.md's results at a glance are stale: run python -m quantwm.study.summary")
+
+
+def test_a_committed_record_is_reproduced_by_rerunning_its_experiment(tmp_path) -> None:
+    """Every stored record must come back when its experiment is rerun: here one committed
+    quick-profile record (Wall RTN W4 G128, which needs no calibration), rerun with the
+    code as it is now on the shipped checkpoint and data."""
+    from quantwm.study.runner import run_experiment
+    from quantwm.study.store import RESULTS_DIR
+
+    exp = Experiment("wall", "rtn", (4, FLOAT), (4, FLOAT), 128, **study_profile("quick")
+                     .run_fields())
+    committed = ResultStore(RESULTS_DIR)
+    if not committed.has(exp):
+        pytest.skip("the committed store lacks the quick Wall RTN W4 G128 record")
+    stored = committed.read(exp)
+    again = run_experiment(exp, cache_dir=tmp_path)
+    assert again["success"] == stored["success"]
+    assert again["episodes"]["ids"] == stored["episodes"]["ids"]
+    assert again["episodes"]["first_success_round"] == stored["episodes"]["first_success_round"]
+    np.testing.assert_allclose(again["latent_error"]["mse"], stored["latent_error"]["mse"],
+                               rtol=1e-4)
+    np.testing.assert_allclose(again["mean_final_loss_by_round"],
+                               stored["mean_final_loss_by_round"], rtol=1e-4)
