@@ -185,9 +185,11 @@ def configurations_shown(table: pd.DataFrame) -> int:
 
 def stored_frames(tables: Sequence[int], study, store: ResultStore,
                   variant: str = "paper") -> pd.DataFrame:
-    """The study frames of ``tables`` from what ``store`` holds (nothing is run)."""
+    """The study frames of ``tables`` from what ``store`` holds (nothing is run), the
+    width-scaled G48 rows of Tables 1-2 after the paper's."""
     from quantwm.study.analysis import study_frame
 
-    parts = [study_frame(t, study.experiments(t, variant), store, variant) for t in tables]
+    parts = [study_frame(t, study.experiments(t, variant) + study.width_experiments(t, variant),
+                         store, variant) for t in tables]
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
