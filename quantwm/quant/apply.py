@@ -117,6 +117,17 @@ def _get_part(model: nn.Module, role: str, path: str) -> nn.Module:
         raise ValueError(f"model has no submodule {path!r} for part {role!r}") from err
 
 
+def needs_calibration(config: QuantConfig, role: str | None = None) -> bool:
+    """Whether :func:`quantize` needs recorded inputs for ``config`` (its part ``role``, or
+    any quantized part): a method that is not data-free, or static per-tensor activation ranges
+    (activations under 16 bits)."""
+    roles = [role] if role is not None else [r for r in config.parts
+                                             if not config.bits(r).is_float]
+    static = config.act_granularity == "per_tensor"
+    return any(config.method not in DATA_FREE_METHODS or (static and config.bits(r).a < 16)
+               for r in roles)
+
+
 def _calibration_for(
     role: str, config: QuantConfig, calibration: Mapping[str, Sequence[torch.Tensor]] | None,
     part: nn.Module | None = None,
@@ -125,9 +136,7 @@ def _calibration_for(
     values, and (given ``part``) a shape the part takes (one row of each distinct shape is run
     through it). Each failure is a one-line ``ValueError`` naming the tensor."""
     inputs = list((calibration or {}).get(role, []))
-    static_acts = config.bits(role).a < 16 and config.act_granularity == "per_tensor"
-    needs = config.method not in DATA_FREE_METHODS or static_acts
-    if needs and not inputs:
+    if needs_calibration(config, role) and not inputs:
         raise ValueError(
             f"method {config.method!r} with {role} {config.bits(role).label()} needs calibration "
             f"inputs: pass calibration={{{role!r}: [tensor, ...]}}"

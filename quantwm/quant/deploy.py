@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from quantwm.quant.apply import needs_calibration
 from quantwm.quant.config import METHODS, QuantConfig
 from quantwm.quant.primitives import FLOAT_BITS
 
@@ -115,20 +116,6 @@ def spec_label(config: QuantConfig) -> str:
     if p.a >= FLOAT_BITS:
         return f"W{p.w}{g} weight-only"
     return f"W{p.w}A{p.a}{g} {config.act_granularity.replace('_', '-')}"
-
-
-def needs_calibration(config: QuantConfig) -> bool:
-    """Whether ``quantize`` needs recorded inputs for ``config`` (mirrors quantwm.quant.apply)."""
-    from quantwm.quant.apply import DATA_FREE_METHODS
-
-    for role in config.parts:
-        bits = config.bits(role)
-        if bits.is_float:
-            continue
-        static = bits.a < FLOAT_BITS and config.act_granularity == "per_tensor"
-        if config.method not in DATA_FREE_METHODS or static:
-            return True
-    return False
 
 
 def build_model(env: str, config: QuantConfig | str | None, *, lowered: bool = True,

@@ -83,7 +83,7 @@ class Experiment:
         (``quantwm.data.episodes.CALIBRATION_REVISION``); None where quantizing it needs no
         recorded inputs (FP32, RTN / OMSE weights with dynamic or float activations)."""
         from quantwm.data.episodes import CALIBRATION_REVISION
-        from quantwm.quant.deploy import needs_calibration
+        from quantwm.quant.apply import needs_calibration
 
         if self.is_float or not needs_calibration(self.quant_config()):
             return None

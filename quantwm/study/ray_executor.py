@@ -372,7 +372,7 @@ class _Shipped:
         return self._episodes[key]
 
     def calibration(self, exp: Experiment) -> Any:
-        if exp.is_float:
+        if exp.calibration_revision is None:  # FP32, or quantized without recorded inputs
             return None
         key = (exp.env, exp.profile, exp.calib_episodes)
         if key not in self._calibrations:

@@ -139,19 +139,23 @@ def build_model(experiment: Experiment, device: torch.device | str = "cpu",
     else from ``data/``)."""
     from quantwm.model import load
     from quantwm.quant import quantize
+    from quantwm.quant.apply import needs_calibration
 
     model = load(experiment.env, device) if inputs is None else inputs.load_model(device)
     if experiment.is_float:
         return model
+    config = experiment.quant_config(**quant_options)
+    if not needs_calibration(config):  # RTN / OMSE weights, dynamic or float activations
+        return quantize(model, config, None)
     if inputs is None:
         calib = calibration_data(experiment.env, experiment.profile, device, cache_dir,
                                  experiment.calib_episodes, model=model)
     elif inputs.calibration is None:
-        raise ValueError(f"{experiment.key()} is quantized: its inputs need the calibration")
+        raise ValueError(f"{experiment.key()} needs calibration: its inputs have none")
     else:
         calib = inputs.calibration
     calib = {part: [t.to(device) for t in ts] for part, ts in calib.items()}
-    return quantize(model, experiment.quant_config(**quant_options), calib)
+    return quantize(model, config, calib)
 
 
 @functools.cache
@@ -229,8 +233,8 @@ def run_experiment(experiment: Experiment, store: ResultStore | None = None,
         "mean_final_loss_by_round": result.summary()["mean_final_loss_by_round"],
         "latent_error": latent,
         "method_revision": experiment.method_revision,
-        **({} if experiment.calibration_revision is None
-           else {"calibration_revision": experiment.calibration_revision}),
+        **({} if (revision := experiment.calibration_revision) is None
+           else {"calibration_revision": revision}),
         "checkpoint": checkpoint,
         "planner": config.to_dict(),
         "size": model_size_bits(model).as_dict(),
