@@ -182,6 +182,37 @@ def test_cost_estimate_from_measured_records(smoke_store) -> None:
     assert np.isnan(sweep_cost([Experiment("pusht", **SMOKE)], store)["worst_s"])
 
 
+def test_cost_takes_the_throughput_of_the_nearest_episode_count() -> None:
+    """An episode-round of a big batch costs more than one of a small batch: a 200-episode
+    experiment is priced from the 200-episode record, not the median of many small ones."""
+    from quantwm.plan import planner_config
+    from quantwm.study.cost import CostModel
+
+    cfg = planner_config("wall", "cpu")
+
+    def record(episodes: int, seconds_per_round: float) -> dict:
+        exp = Experiment("wall", "rtn", (4, FLOAT), (4, FLOAT), episodes=episodes)
+        rounds = cfg.n_rounds  # every episode plans every round
+        return {"experiment": exp.to_dict(), "success_by_round": [0.0] * rounds,
+                "episodes": {"first_success_round": [None] * episodes},
+                "provenance": {"torch_threads": 1},
+                "planner": {"samples": cfg.samples, "cem_steps": cfg.cem_steps},
+                "seconds": {"plan": seconds_per_round * episodes * rounds, "quantize": 1.0}}
+
+    small = [record(10, 1.0) for _ in range(5)]
+    model = CostModel.from_records([*small, record(200, 2.0)])
+    assert model.seconds_per_round("wall", "cpu", 10) == pytest.approx(1.0)
+    assert model.seconds_per_round("wall", "cpu", 200) == pytest.approx(2.0)
+    assert model.seconds_per_round("wall", "cpu", 500) == pytest.approx(2.0)
+    # 50 lies nearer 200 than 10 on a log scale (x4 vs x5); 20 nearer 10 (x2 vs x10)
+    assert model.seconds_per_round("wall", "cpu", 50) == pytest.approx(2.0)
+    assert model.seconds_per_round("wall", "cpu", 20) == pytest.approx(1.0)
+    assert model.seconds_per_round("wall", "cpu") == pytest.approx(2.0)  # largest measured
+    expected, worst = model.experiment_seconds(
+        Experiment("wall", "rtn", (4, FLOAT), (4, FLOAT), episodes=200))
+    assert worst == pytest.approx(1.0 + 200 * cfg.n_rounds * 2.0) and expected == pytest.approx(worst)
+
+
 def test_sweep_dry_run_prints_every_profiles_cost(smoke_store, capsys) -> None:
     from quantwm.cli import main
 

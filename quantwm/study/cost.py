@@ -3,9 +3,14 @@
 Every stored record holds its planning seconds, the rounds each episode planned (from
 ``first_success_round``) and its torch thread count. From them:
 
-- **throughput**: seconds of one episode-round (one CEM plan + 25 env steps) per env and CEM
-  budget, the median over stored records at one thread (records at t threads count t times
-  their seconds: a worker of a ``--workers`` sweep has one thread);
+- **throughput**: seconds of one episode-round (one CEM plan + 25 env steps) per env, CEM
+  budget and episode count, the median over stored records at one thread (records at t threads
+  count t times their seconds: a worker of a ``--workers`` sweep has one thread). An experiment
+  takes the measured episode count nearest its own (on a log scale; a tie goes to the larger):
+  the planner batches every episode, and an episode-round of a 200-episode batch costs more
+  than one of a 10-episode batch (Wall 0.77 s vs 1.2-1.3 s), so the 200-episode ``power``
+  sweep priced from mostly 10-episode records came out at half its time
+  (``benchmarks/cost_accuracy.py`` checks the estimate against the stored records);
 - **expected rounds** of an experiment: from a stored record of the same quantized model (any
   episode count) the mean number of rounds an episode plans, extended past its last round by
   its last survival rate; without one, from the env's FP32 record (optimistic for a weak
@@ -20,6 +25,7 @@ them by +-30 %.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -51,13 +57,15 @@ def _rounds_run(record: dict[str, Any]) -> list[int]:
 class CostModel:
     """Per-env measured costs (see the module doc)."""
 
-    round_seconds: dict[tuple[str, Budget], float]  # one episode-round at one thread
+    # (env, budget) -> {episodes of the record: one episode-round at one thread}
+    round_seconds: dict[tuple[str, Budget], dict[int, float]]
     survival: dict[tuple[str, str], np.ndarray]  # (env, model_key) -> P(still active at r)
     quantize_seconds: dict[tuple[str, str], float]  # (env, method)
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]]) -> CostModel:
-        per_round: dict[tuple[str, Budget], list[float]] = defaultdict(list)
+        per_round: dict[tuple[str, Budget], dict[int, list[float]]] = defaultdict(
+            lambda: defaultdict(list))
         survival: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
         quant: dict[tuple[str, str], list[float]] = defaultdict(list)
         for rec in records:
@@ -71,7 +79,7 @@ class CostModel:
             cfg = rec.get("planner", {})
             budget = (int(cfg.get("samples", 0)), int(cfg.get("cem_steps", 0)))
             if sum(rounds):
-                per_round[(exp.env, budget)].append(plan_s * threads / sum(rounds))
+                per_round[(exp.env, budget)][len(rounds)].append(plan_s * threads / sum(rounds))
             n_rounds = len(rec["success_by_round"])
             active = np.array([[r < k for k in rounds] for r in range(n_rounds)]).mean(axis=1)
             key = (exp.env, exp.model_key())
@@ -79,21 +87,28 @@ class CostModel:
                 survival[key] = (len(rounds), active)
             if not exp.is_float:
                 quant[(exp.env, exp.method)].append(float(rec["seconds"]["quantize"]) * threads)
-        return cls({k: statistics.median(v) for k, v in per_round.items()},
+        return cls({k: {n: statistics.median(v) for n, v in by_n.items()}
+                    for k, by_n in per_round.items()},
                    {k: v for k, (_, v) in survival.items()},
                    {k: statistics.median(v) for k, v in quant.items()})
 
-    def seconds_per_round(self, env: str, planner: str) -> float:
-        """One episode-round at one thread; scaled by samples x CEM steps from another
-        measured budget of the env when this one was never run."""
+    def seconds_per_round(self, env: str, planner: str, episodes: int | None = None) -> float:
+        """One episode-round at one thread, measured on the episode count nearest ``episodes``
+        (None: the largest measured); scaled by samples x CEM steps from another measured
+        budget of the env when this one was never run."""
         budget = _budget(env, planner)
-        if (env, budget) in self.round_seconds:
-            return self.round_seconds[(env, budget)]
-        known = [(b, s) for (e, b), s in self.round_seconds.items() if e == env and b[0] > 0]
-        if not known:
-            return float("nan")  # nothing measured yet: the time is unknown, not zero
-        (samples, steps), s = max(known, key=lambda kv: kv[0][0] * kv[0][1])
-        return s * budget[0] * budget[1] / (samples * steps)
+        scale = 1.0
+        by_n = self.round_seconds.get((env, budget))
+        if by_n is None:
+            known = [(b, n) for (e, b), n in self.round_seconds.items() if e == env and b[0] > 0]
+            if not known:
+                return float("nan")  # nothing measured yet: the time is unknown, not zero
+            (samples, steps), by_n = max(known, key=lambda kv: kv[0][0] * kv[0][1])
+            scale = budget[0] * budget[1] / (samples * steps)
+        if episodes is None:
+            return scale * by_n[max(by_n)]
+        nearest = min(by_n, key=lambda n: (abs(math.log(n / episodes)), -n))
+        return scale * by_n[nearest]
 
     def expected_rounds(self, exp: Experiment, n_rounds: int) -> float:
         """Mean rounds an episode of ``exp`` plans, of at most ``n_rounds``."""
@@ -109,7 +124,7 @@ class CostModel:
         from quantwm.plan import planner_config
 
         n_rounds = planner_config(exp.env, exp.profile).n_rounds
-        per_round = self.seconds_per_round(exp.env, exp.profile)
+        per_round = self.seconds_per_round(exp.env, exp.profile, exp.episodes)
         quant = 0.0 if exp.is_float else self.quantize_seconds.get((exp.env, exp.method), 0.0)
         expected = exp.episodes * self.expected_rounds(exp, n_rounds) * per_round
         return quant + expected, quant + exp.episodes * n_rounds * per_round
