@@ -151,6 +151,29 @@ def test_a_focused_profile_shows_what_is_stored_and_runs_nothing(tmp_path) -> No
     assert "Table 1 (wall): 3 configurations" in text and "Results at a glance" in text
 
 
+def test_loss_alignment_of_a_focused_profile_asks_only_for_its_own_rows(tmp_path) -> None:
+    """Notebook 05 under ``long`` draws Fig. 3 from the rows the long profile runs: with all of
+    them stored nothing is reported missing (W8A32 / W8A8 are Fig. 3 rows that ``long`` does
+    not run, and no sweep of it would ever store them)."""
+    import nbformat
+
+    from quantwm.study import ResultStore
+    from quantwm.study.profiles import study_profile
+    from quantwm.study.store import RESULTS_DIR
+
+    committed = ResultStore(RESULTS_DIR)
+    rows = study_profile("long").study_experiments(envs=("wall",))
+    if not all(committed.has(e) for e in rows):
+        pytest.skip("the committed store lacks the long profile's Wall records")
+    store = ResultStore(tmp_path / "results")
+    for exp in rows:
+        store.write(exp, committed.read(exp))
+    [run] = run_notebooks_for(tmp_path, "long", "05")
+    text = "\n".join(str(o) for c in nbformat.read(str(run.executed), as_version=4).cells
+                     if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "not stored yet" not in text and "from the `long` profile" in text
+
+
 def run_notebooks_for(tmp_path, profile: str, only: str):
     from quantwm.study.notebooks import run_notebooks
 

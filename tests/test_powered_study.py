@@ -210,7 +210,8 @@ def test_cost_takes_the_throughput_of_the_nearest_episode_count() -> None:
     assert model.seconds_per_round("wall", "cpu") == pytest.approx(2.0)  # largest measured
     expected, worst = model.experiment_seconds(
         Experiment("wall", "rtn", (4, FLOAT), (4, FLOAT), episodes=200))
-    assert worst == pytest.approx(1.0 + 200 * cfg.n_rounds * 2.0) and expected == pytest.approx(worst)
+    assert worst == pytest.approx(1.0 + 200 * cfg.n_rounds * 2.0)
+    assert expected == pytest.approx(worst)
 
 
 def test_sweep_dry_run_prints_every_profiles_cost(smoke_store, capsys) -> None:

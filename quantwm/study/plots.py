@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 PAPER_EPISODES = 50
 
@@ -304,7 +305,8 @@ def plot_loss_vs_success(alignment: pd.DataFrame, title: str = "",
             ax.scatter([r[x]], [r[col]], s=55, marker=HIGHLIGHT_MARKERS[j % 12],
                        facecolor="none", edgecolor="k", lw=0.9, label=r["label"], zorder=3)
         if (alignment[x] > 0).all() and alignment[x].max() > 20 * alignment[x].min():
-            ax.set_xscale("log")
+            ax.set_xscale("log")  # > 20x spans a decade: label the decades, not 3x10^-2 ...
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel({"loss_last": "final latent MSE to goal"}.get(x, x.replace("_", " ")))
         ax.set_ylabel(col.replace("_", " "))
     fig.legend(*axes[0, -1].get_legend_handles_labels(), loc="outside right center",
