@@ -13,6 +13,7 @@ import torch
 from quantwm.study import analysis
 from quantwm.study.explorer import ANY, options, select, with_choices
 from quantwm.study.notebooks import numbered_notebooks
+from quantwm.study.profiles import REPORT_PROFILE
 from quantwm.utils import DATA_DIR
 
 NOTEBOOKS = [p.stem for p in numbered_notebooks()]
@@ -78,6 +79,7 @@ def test_notebook_opens_with_a_parameters_cell_of_literals(name: str) -> None:
         target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0]
         assigned[target.id] = ast.literal_eval(node.value)
     assert {"profile", "device", "results_dir", "cache_dir", "env", "variant"} <= set(assigned)
+    assert assigned["profile"] == REPORT_PROFILE  # JupyterLab opens on what `make report` shows
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
     # the next cell checks every parameter before anything else runs
     setup = nb.cells[nb.cells.index(cell) + 1].source
@@ -85,6 +87,29 @@ def test_notebook_opens_with_a_parameters_cell_of_literals(name: str) -> None:
     assert all(f"{name}={name}" in call for name in assigned), call
     assert setup.index("check_parameters(") < min(
         setup.index(w) for w in ("study_profile(", "ResultStore(") if w in setup)
+
+
+def test_make_report_shows_a_profile_the_store_holds_whole() -> None:
+    """`make report`, `quantwm notebooks` and the notebooks opened in JupyterLab default to
+    REPORT_PROFILE, and the committed store holds every experiment of it: a fresh clone's report
+    plans nothing."""
+    import re
+
+    from quantwm.cli import build_parser
+    from quantwm.study import ResultStore
+    from quantwm.study.notebooks import run_notebooks
+    from quantwm.study.profiles import study_profile
+    from quantwm.study.store import RESULTS_DIR
+    from quantwm.utils import REPO_DIR
+
+    make = (REPO_DIR / "Makefile").read_text()
+    assert re.search(r"^PROFILE \?= (\w+)$", make, re.M).group(1) == REPORT_PROFILE
+    assert run_notebooks.__defaults__[0] == REPORT_PROFILE
+    assert build_parser().parse_args(["notebooks"]).profile == REPORT_PROFILE
+    explorer = (REPO_DIR / "notebooks" / "explorer.ipynb").read_text()
+    assert f'profile = \\"{REPORT_PROFILE}\\"' in explorer
+    missing = ResultStore(RESULTS_DIR).missing(study_profile(REPORT_PROFILE).study_experiments())
+    assert not missing, f"{len(missing)} {REPORT_PROFILE} experiments not stored, e.g. {missing[0]}"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

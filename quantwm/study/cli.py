@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from quantwm.study.profiles import STUDY_PROFILES
+from quantwm.study.profiles import REPORT_PROFILE, STUDY_PROFILES
 from quantwm.utils import REPO_DIR
 
 SWEEP_EXAMPLES = """\
@@ -17,21 +17,21 @@ examples:
   quantwm sweep --profile long --env pusht      Insight I / III / V rows over 30 MPC rounds
   quantwm sweep --profile full --executor ray --address auto   on a Ray cluster"""
 
-NOTEBOOKS_EXAMPLES = """\
+NOTEBOOKS_EXAMPLES = f"""\
 examples:
-  quantwm notebooks                             what `make report` runs (quick profile)
+  quantwm notebooks                             what `make report` runs ({REPORT_PROFILE} profile)
   quantwm notebooks --only 02 03                two notebooks, by number prefix
   quantwm notebooks --profile power --no-input  the powered results, code left out (to share)
   quantwm notebooks --only 01 -p env pusht      a notebook parameter (papermill's -p)"""
 
 
 def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="quick", choices=tuple(STUDY_PROFILES),
+    parser.add_argument("--profile", default=REPORT_PROFILE, choices=tuple(STUDY_PROFILES),
                         help="study profile whose stored results the notebooks read (default "
-                             "quick, shipped); smoke, quick, full and reference run what is "
-                             "missing (smoke: a pipeline check that plans everything itself, "
-                             "minutes), power and long show what is stored; costs: `quantwm "
-                             "sweep --dry-run`")
+                             f"{REPORT_PROFILE}, shipped); smoke, quick, full and reference run "
+                             "what is missing (smoke: a pipeline check that plans everything "
+                             "itself, minutes), power and long show what is stored; costs: "
+                             "`quantwm sweep --dry-run`")
     parser.add_argument("--output", default=str(REPO_DIR / "reports"),
                         help="folder for executed notebooks and HTML (default: reports/)")
     parser.add_argument("--only", nargs="*", metavar="NAME",

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantwm.study.profiles import STUDY_PROFILES
+from quantwm.study.profiles import REPORT_PROFILE, STUDY_PROFILES
 from quantwm.utils import REPO_DIR, atomic_path, atomic_write_text
 
 NOTEBOOK_DIR = REPO_DIR / "notebooks"
@@ -147,7 +147,7 @@ def select(notebooks: list[Path], only: Iterable[str] | None) -> list[Path]:
 
 
 def run_notebooks(
-    profile: str = "quick",
+    profile: str = REPORT_PROFILE,
     output_dir: str | Path = REPO_DIR / "reports",
     only: Iterable[str] | None = None,
     parameters: Mapping[str, Any] | None = None,

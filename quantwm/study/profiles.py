@@ -196,6 +196,12 @@ STUDY_PROFILES: dict[str, StudyProfile] = {
 }
 
 
+# What `make report` and `quantwm notebooks` show unless told otherwise: the most powerful
+# profile whose every experiment is in the committed store (a test checks, and that Makefile,
+# CLI and the notebooks' parameter cells agree), so a report of a fresh clone recomputes nothing.
+REPORT_PROFILE = "quick"
+
+
 def profile_of(exp: Experiment) -> str | None:
     """The name of the study profile whose run fields made ``exp`` (None: none of them)."""
     fields = {"profile": exp.profile, "episodes": exp.episodes,
