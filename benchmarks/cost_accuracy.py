@@ -8,8 +8,10 @@ For each stored record of a study profile, the cost model of ``quantwm sweep --d
 record's expected and worst-case seconds; the record's own measured seconds (planning +
 quantization, times its torch threads: one-thread seconds, as the model counts them) are the
 truth. Per profile and env it prints the records, the median and range of actual / expected,
-and the sums (actual, expected, worst case) in minutes of one worker: divide by the workers for
-a sweep's wall time. A sum of actual above the worst case means the model undercounts.
+and the sums (actual, expected, worst case) in minutes of one worker, with their ratio (what
+sets a sweep's wall time: divide by the workers). A sum of actual above the worst case means
+the model undercounts. Records without measured seconds, and those of an env no other record
+prices, are left out.
 
 No planning runs here: it reads records. Their seconds were measured beside whatever else the
 machine did (a 2-worker sweep's workers slow each other), which is what a sweep's estimate
@@ -19,6 +21,7 @@ has to predict.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 
 from quantwm.study.cost import CostModel
@@ -28,10 +31,15 @@ from quantwm.study.store import ResultStore
 from quantwm.study.summary import profile_records
 
 
-def one_thread_seconds(record: dict) -> float:
-    threads = int(record.get("provenance", {}).get("torch_threads", 1))
-    s = record["seconds"]
-    return (float(s.get("plan", 0.0)) + float(s.get("quantize", 0.0))) * threads
+def one_thread_seconds(record: dict) -> float | None:
+    """Planning + quantization seconds at one thread; None for a record without them (the
+    cost model skips those too)."""
+    try:
+        threads = int(record.get("provenance", {}).get("torch_threads", 1))
+        s = record["seconds"]
+        return (float(s["plan"]) + float(s.get("quantize", 0.0))) * threads
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def main() -> None:
@@ -42,23 +50,25 @@ def main() -> None:
     records = list(ResultStore(args.results).records())
     print(f"{len(records)} records in {args.results}; leave-one-out per record")
     print(f"{'profile':8} {'env':6} {'n':>4} {'actual/expected':>16} {'[min, max]':>14} "
-          f"{'actual':>8} {'expected':>9} {'worst':>8}  (minutes of one worker)")
+          f"{'actual':>8} {'expected':>9} {'worst':>8} {'sum ratio':>10}  (minutes of one worker)")
     for name, profile in STUDY_PROFILES.items():
         mine = profile_records(records, profile)
         for env in ("wall", "pusht"):
             rows = []
             for rec in (r for r in mine if r["experiment"]["env"] == env):
-                others = [r for r in records if r["key"] != rec["key"]]
+                actual = one_thread_seconds(rec)
+                others = [r for r in records if r is not rec]
                 expected, worst = CostModel.from_records(others).experiment_seconds(
                     Experiment.from_dict(rec["experiment"]))
-                rows.append((one_thread_seconds(rec), expected, worst))
+                if actual is not None and math.isfinite(expected) and expected > 0:
+                    rows.append((actual, expected, worst))
             if not rows:
                 continue
             ratio = [a / e for a, e, _ in rows]
             actual, expected, worst = (sum(col) / 60 for col in zip(*rows, strict=True))
             print(f"{name:8} {env:6} {len(rows):>4} {statistics.median(ratio):>16.2f} "
                   f"{f'[{min(ratio):.2f}, {max(ratio):.2f}]':>14} {actual:>8.0f} "
-                  f"{expected:>9.0f} {worst:>8.0f}")
+                  f"{expected:>9.0f} {worst:>8.0f} {actual / expected:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,17 @@ def test_cost_takes_the_throughput_of_the_nearest_episode_count() -> None:
     assert model.seconds_per_round("wall", "cpu", 50) == pytest.approx(2.0)
     assert model.seconds_per_round("wall", "cpu", 20) == pytest.approx(1.0)
     assert model.seconds_per_round("wall", "cpu") == pytest.approx(2.0)  # largest measured
+    with pytest.raises(ValueError, match="episodes=0"):
+        model.seconds_per_round("wall", "cpu", 0)
+    # an exact tie on a log scale (10 = 4 x 2.5 = 25 / 2.5; in floats log 0.4 != -log 2.5)
+    # goes to the larger count
+    tie = CostModel.from_records([record(4, 1.0), record(25, 3.0)])
+    assert tie.seconds_per_round("wall", "cpu", 10) == pytest.approx(3.0)
+    # another budget of the env is scaled by samples x CEM steps, from the nearest count too
+    ref = planner_config("wall", "reference")
+    scale = ref.samples * ref.cem_steps / (cfg.samples * cfg.cem_steps)
+    assert model.seconds_per_round("wall", "reference", 10) == pytest.approx(scale * 1.0)
+    assert model.seconds_per_round("wall", "reference", 200) == pytest.approx(scale * 2.0)
     expected, worst = model.experiment_seconds(
         Experiment("wall", "rtn", (4, FLOAT), (4, FLOAT), episodes=200))
     assert worst == pytest.approx(1.0 + 200 * cfg.n_rounds * 2.0)

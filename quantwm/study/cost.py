@@ -6,10 +6,12 @@ Every stored record holds its planning seconds, the rounds each episode planned 
 - **throughput**: seconds of one episode-round (one CEM plan + 25 env steps) per env, CEM
   budget and episode count, the median over stored records at one thread (records at t threads
   count t times their seconds: a worker of a ``--workers`` sweep has one thread). An experiment
-  takes the measured episode count nearest its own (on a log scale; a tie goes to the larger):
-  the planner batches every episode, and an episode-round of a 200-episode batch costs more
-  than one of a 10-episode batch (Wall 0.77 s vs 1.2-1.3 s), so the 200-episode ``power``
-  sweep priced from mostly 10-episode records came out at half its time
+  takes the throughput measured at the episode count nearest its own (on a log scale; an exact
+  tie goes to the larger): what an episode-round costs moves with the batch and with what else
+  the machine ran, and the nearest measured run is the best guess. In the committed store a
+  Wall episode-round cost 0.78 s in the 10-episode ``quick`` records, 0.58 s in the 50-episode
+  ``long`` ones and 1.46 s in the 200-episode ``power`` ones (a 2-worker sweep beside other
+  work); priced at the median over all records, ``power`` came out at half its time
   (``benchmarks/cost_accuracy.py`` checks the estimate against the stored records);
 - **expected rounds** of an experiment: from a stored record of the same quantized model (any
   episode count) the mean number of rounds an episode plans, extended past its last round by
@@ -25,11 +27,11 @@ them by +-30 %.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -107,7 +109,10 @@ class CostModel:
             scale = budget[0] * budget[1] / (samples * steps)
         if episodes is None:
             return scale * by_n[max(by_n)]
-        nearest = min(by_n, key=lambda n: (abs(math.log(n / episodes)), -n))
+        if episodes < 1:
+            raise ValueError(f"episodes={episodes!r}: expected an integer >= 1 (or None)")
+        # log-distance |log(n / episodes)| compared exactly, as the ratio larger / smaller
+        nearest = min(by_n, key=lambda n: (Fraction(max(n, episodes), min(n, episodes)), -n))
         return scale * by_n[nearest]
 
     def expected_rounds(self, exp: Experiment, n_rounds: int) -> float:

@@ -196,9 +196,10 @@ STUDY_PROFILES: dict[str, StudyProfile] = {
 }
 
 
-# What `make report` and `quantwm notebooks` show unless told otherwise: the most powerful
-# profile whose every experiment is in the committed store (a test checks, and that Makefile,
-# CLI and the notebooks' parameter cells agree), so a report of a fresh clone recomputes nothing.
+# What `make report` and `quantwm notebooks` show unless told otherwise, chosen by hand as the
+# most powerful table profile the committed store holds whole. A test checks that the store
+# holds every experiment of it (a fresh clone's report recomputes nothing) and that Makefile,
+# CLI and the notebooks' parameter cells agree.
 REPORT_PROFILE = "quick"
 
 
