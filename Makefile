@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-PROFILE ?= quick
+PROFILE ?= full
 DEVICE  ?=
 ARGS    ?=
 

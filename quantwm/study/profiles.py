@@ -200,7 +200,7 @@ STUDY_PROFILES: dict[str, StudyProfile] = {
 # most powerful table profile the committed store holds whole. A test checks that the store
 # holds every experiment of it (a fresh clone's report recomputes nothing) and that Makefile,
 # CLI and the notebooks' parameter cells agree.
-REPORT_PROFILE = "quick"
+REPORT_PROFILE = "full"
 
 
 def profile_of(exp: Experiment) -> str | None:
