@@ -24,22 +24,11 @@ import argparse
 import math
 import statistics
 
-from quantwm.study.cost import CostModel
+from quantwm.study.cost import CostModel, measured_seconds
 from quantwm.study.grid import Experiment
 from quantwm.study.profiles import STUDY_PROFILES
 from quantwm.study.store import ResultStore
 from quantwm.study.summary import profile_records
-
-
-def one_thread_seconds(record: dict) -> float | None:
-    """Planning + quantization seconds at one thread; None for a record without them (the
-    cost model skips those too)."""
-    try:
-        threads = int(record.get("provenance", {}).get("torch_threads", 1))
-        s = record["seconds"]
-        return (float(s["plan"]) + float(s.get("quantize", 0.0))) * threads
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def main() -> None:
@@ -56,11 +45,14 @@ def main() -> None:
         for env in ("wall", "pusht"):
             rows = []
             for rec in (r for r in mine if r["experiment"]["env"] == env):
-                actual = one_thread_seconds(rec)
+                try:
+                    actual = sum(measured_seconds(rec))  # the cost model skips it too
+                except (KeyError, TypeError, ValueError):
+                    continue
                 others = [r for r in records if r is not rec]
                 expected, worst = CostModel.from_records(others).experiment_seconds(
                     Experiment.from_dict(rec["experiment"]))
-                if actual is not None and math.isfinite(expected) and expected > 0:
+                if math.isfinite(expected) and expected > 0:
                     rows.append((actual, expected, worst))
             if not rows:
                 continue

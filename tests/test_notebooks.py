@@ -93,6 +93,7 @@ def test_make_report_shows_a_profile_the_store_holds_whole() -> None:
     """`make report`, `quantwm notebooks` and the notebooks opened in JupyterLab default to
     REPORT_PROFILE, and the committed store holds every experiment of it: a fresh clone's report
     plans nothing."""
+    import inspect
     import re
 
     from quantwm.cli import build_parser
@@ -104,7 +105,7 @@ def test_make_report_shows_a_profile_the_store_holds_whole() -> None:
 
     make = (REPO_DIR / "Makefile").read_text()
     assert re.search(r"^PROFILE \?= (\w+)$", make, re.M).group(1) == REPORT_PROFILE
-    assert run_notebooks.__defaults__[0] == REPORT_PROFILE
+    assert inspect.signature(run_notebooks).parameters["profile"].default == REPORT_PROFILE
     assert build_parser().parse_args(["notebooks"]).profile == REPORT_PROFILE
     explorer = (REPO_DIR / "notebooks" / "explorer.ipynb").read_text()
     assert f'profile = \\"{REPORT_PROFILE}\\"' in explorer

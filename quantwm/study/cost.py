@@ -55,6 +55,14 @@ def _rounds_run(record: dict[str, Any]) -> list[int]:
     return [rounds if f is None else int(f) + 1 for f in record["episodes"]["first_success_round"]]
 
 
+def measured_seconds(record: dict[str, Any]) -> tuple[float, float]:
+    """(planning, quantization) seconds of a record at one thread: a record made at t threads
+    counts t times its seconds. KeyError / TypeError / ValueError for a record without them."""
+    threads = int(record.get("provenance", {}).get("torch_threads", 1))
+    seconds = record["seconds"]
+    return float(seconds["plan"]) * threads, float(seconds.get("quantize", 0.0)) * threads
+
+
 @dataclass
 class CostModel:
     """Per-env measured costs (see the module doc)."""
@@ -74,21 +82,20 @@ class CostModel:
             try:
                 exp = Experiment.from_dict(rec["experiment"])
                 rounds = _rounds_run(rec)
-                threads = int(rec.get("provenance", {}).get("torch_threads", 1))
-                plan_s = float(rec["seconds"]["plan"])
+                plan_s, quantize_s = measured_seconds(rec)
             except (KeyError, TypeError, ValueError):
                 continue  # an incomplete or foreign record says nothing about cost
             cfg = rec.get("planner", {})
             budget = (int(cfg.get("samples", 0)), int(cfg.get("cem_steps", 0)))
             if sum(rounds):
-                per_round[(exp.env, budget)][len(rounds)].append(plan_s * threads / sum(rounds))
+                per_round[(exp.env, budget)][len(rounds)].append(plan_s / sum(rounds))
             n_rounds = len(rec["success_by_round"])
             active = np.array([[r < k for k in rounds] for r in range(n_rounds)]).mean(axis=1)
             key = (exp.env, exp.model_key())
             if key not in survival or survival[key][0] < len(rounds):  # most episodes wins
                 survival[key] = (len(rounds), active)
             if not exp.is_float:
-                quant[(exp.env, exp.method)].append(float(rec["seconds"]["quantize"]) * threads)
+                quant[(exp.env, exp.method)].append(quantize_s)
         return cls({k: {n: statistics.median(v) for n, v in by_n.items()}
                     for k, by_n in per_round.items()},
                    {k: v for k, (_, v) in survival.items()},
